@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what building and testing ddc-edge needs on a fresh Debian machine, skipping
+# whatever is already there: the cross compilers and qemu-user for ARM, mosquitto for the
+# MQTT tests, and the Rust targets and components. Safe to run repeatedly.
+set -euo pipefail
+
+APT_PACKAGES=(
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+  gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+  qemu-user binutils
+  mosquitto mosquitto-clients
+)
+RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# mosquitto's package starts a system broker on 1883; the tests start their own on free
+# ports, so the system one is neither needed nor in the way.
+
+installed_targets=$(rustup target list --installed)
+for t in "${RUST_TARGETS[@]}"; do
+  grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+done
+installed_components=$(rustup component list --installed)
+for c in rustfmt clippy; do
+  grep -q "^$c" <<<"$installed_components" || rustup component add "$c"
+done

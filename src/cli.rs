@@ -1,0 +1,200 @@
+//! The `ddc-edge` command line. Parsing and dispatch only: each command's work lives in
+//! the module it belongs to.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad config or bad usage.
+
+use crate::boards::{BOARDS, Board};
+use crate::config::{self, Config, ConfigError, LoadedConfig, Overrides};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ddc-edge",
+    version,
+    about = "Edge agent for a decentralized data center: offers spare disk and bandwidth \
+             from a Raspberry Pi-class board, throttled by temperature and battery.",
+    after_help = "Config lookup: --config, then $DDC_EDGE_CONFIG, then /etc/ddc-edge/config.toml, \
+                  then a built-in development default.\nLogging: node.log in the config; RUST_LOG overrides it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent until SIGINT or SIGTERM.
+    Run(ConfigArgs),
+    /// Load and validate the config, then print where it came from (and, with --print,
+    /// the effective values after defaults and overrides).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the effective config as TOML.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Write a commented config for a board profile.
+    Init {
+        /// Board profile; `ddc-edge boards` lists them.
+        #[arg(long, value_name = "NAME")]
+        board: String,
+        /// Where to write it.
+        #[arg(long, value_name = "PATH", default_value = config::SYSTEM_CONFIG)]
+        out: PathBuf,
+        /// Replace an existing file that differs (without it, an existing file is kept and
+        /// the command still succeeds, so it is safe as a first-boot step).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the board profiles.
+    Boards,
+}
+
+/// Where the config comes from and what to change on top of it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// Config file (default: $DDC_EDGE_CONFIG, /etc/ddc-edge/config.toml, built-in).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Override storage.data_dir.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Override mqtt.broker: `embedded`, `mqtt://host:port` or `mqtts://host:port`.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// Override sensors.sysfs_root (read sensors from a fake tree).
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
+    /// Override any config key, e.g. --set storage.quota=20GiB (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    pub fn load(&self) -> Result<LoadedConfig, ConfigError> {
+        let overrides = Overrides {
+            sets: self.set.clone(),
+            data_dir: self.data_dir.clone(),
+            broker: self.broker.clone(),
+            sysfs_root: self.sysfs_root.clone(),
+        };
+        config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => with_config(&args, crate::agent::run),
+        Command::CheckConfig { config, print } => with_config(&config, |loaded| {
+            println!("config OK: {}", loaded.source);
+            if print {
+                print!("{}", toml::to_string(&loaded.config)?);
+            }
+            Ok(())
+        }),
+        Command::Init { board, out, force } => exit_with(init(&board, &out, force)),
+        Command::Boards => {
+            print_boards();
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn with_config(args: &ConfigArgs, f: impl FnOnce(LoadedConfig) -> anyhow::Result<()>) -> ExitCode {
+    match args.load() {
+        Ok(loaded) => exit_with(f(loaded)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn exit_with(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init(name: &str, out: &Path, force: bool) -> anyhow::Result<()> {
+    let Some(board) = Board::find(name) else {
+        let names: Vec<_> = BOARDS.iter().map(|b| b.name).collect();
+        return Err(ConfigError::new(
+            "--board",
+            None,
+            format!(
+                "unknown board {name:?}; expected one of {}",
+                names.join(", ")
+            ),
+        )
+        .into());
+    };
+    match std::fs::read_to_string(out) {
+        Ok(existing) if existing == board.text => {
+            eprintln!(
+                "{} is already the {} profile; nothing to do",
+                out.display(),
+                name
+            );
+            return Ok(());
+        }
+        Ok(_) if !force => {
+            eprintln!(
+                "{} exists and differs from the {} profile; kept it (use --force to replace it)",
+                out.display(),
+                name
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    crate::fsutil::write_atomic(out, board.text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    eprintln!("wrote the {} profile to {}", name, out.display());
+    Ok(())
+}
+
+fn print_boards() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<30} {:>12} {:>8} {:>10} {:>11}  DESCRIPTION",
+        "NAME", "TARGET", "REDUCE/PAUSE", "QUOTA", "EGRESS", "REPLICATION"
+    );
+    for b in BOARDS {
+        // Profiles are checked by the test suite; a broken one would be a build defect.
+        let c: Config = match b.config() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(out, "{:<16} invalid profile: {e}", b.name);
+                continue;
+            }
+        };
+        let t = &c.throttle;
+        let _ = writeln!(
+            out,
+            "{:<16} {:<30} {:>12} {:>8} {:>10} {:>11}  {}",
+            b.name,
+            c.board.target,
+            format!("{}/{} C", t.reduce_temp_c, t.pause_temp_c),
+            c.storage.quota.to_string(),
+            c.bandwidth.egress.to_string(),
+            c.bandwidth.replication.to_string(),
+            c.board.description
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! The agent's configuration: one TOML file, typed, with unknown keys rejected.
+//!
+//! Every field has a default, and the defaults together are the *built-in development
+//! default*: a config that runs on any Linux machine with no broker or hardware installed.
+//! Board profiles (`boards/*.toml`) and operator files only say what differs.
+//!
+//! Loading (lookup order, `--set` overrides, error messages that name the file and key)
+//! lives in [`load`]; the semantic checks that serde cannot express live in [`validate`].
+
+mod load;
+mod validate;
+
+pub use load::{
+    CONFIG_ENV, ConfigError, ConfigSource, LoadedConfig, Overrides, SYSTEM_CONFIG, load,
+    parse as parse_text,
+};
+
+use crate::units::{ByteSize, HumanDuration, Rate};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub board: BoardSection,
+    pub node: NodeSection,
+    pub storage: StorageSection,
+    pub bandwidth: BandwidthSection,
+    pub sensors: SensorsSection,
+    pub throttle: ThrottleSection,
+    pub mqtt: MqttSection,
+}
+
+/// Which board profile a config was written from. Informational for the agent; the
+/// packaging and `boards` commands use the target triple.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BoardSection {
+    /// Profile name, e.g. `rpi4`; `dev` for the built-in default.
+    pub name: String,
+    pub description: String,
+    /// Rust target triple the agent is built for on this board.
+    pub target: String,
+}
+
+impl Default for BoardSection {
+    fn default() -> Self {
+        BoardSection {
+            name: "dev".into(),
+            description: "built-in development default (any Linux machine)".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Human label shown in dashboards; empty means the host name.
+    pub name: String,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
+    /// `RUST_LOG` overrides it.
+    pub log: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: String::new(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// The offered disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// Where chunks, the node key and persistent state live.
+    pub data_dir: PathBuf,
+    /// The offered size: the store never holds more than this.
+    pub quota: ByteSize,
+    /// Free space always left on the filesystem, whatever the quota says. `auto` is the
+    /// larger of 5 % of the filesystem and 1 GiB.
+    pub reserve: Reserve,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            data_dir: PathBuf::from("./ddc-data"),
+            quota: ByteSize(1 << 30),
+            reserve: Reserve::Auto,
+        }
+    }
+}
+
+/// `storage.reserve`: `"auto"` or a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reserve {
+    #[default]
+    Auto,
+    Size(ByteSize),
+}
+
+impl Serialize for Reserve {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Reserve::Auto => s.serialize_str("auto"),
+            Reserve::Size(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reserve {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = toml::Value::deserialize(d)?;
+        if v.as_str() == Some("auto") {
+            return Ok(Reserve::Auto);
+        }
+        let shown = v.to_string();
+        ByteSize::deserialize(v).map(Reserve::Size).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected \"auto\" or a size like \"2GiB\", got {shown}"
+            ))
+        })
+    }
+}
+
+/// The offered bandwidth. `0` means unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BandwidthSection {
+    /// Cap on everything the node sends to peers and clients.
+    pub egress: Rate,
+    /// Cap on everything the node receives.
+    pub ingress: Rate,
+    /// Budget for background replication at the `full` level; the throttle policy scales it.
+    pub replication: Rate,
+}
+
+impl Default for BandwidthSection {
+    fn default() -> Self {
+        BandwidthSection {
+            egress: Rate(0),
+            ingress: Rate(0),
+            replication: Rate(8 << 20),
+        }
+    }
+}
+
+/// Where the sensor readings come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensorsSection {
+    /// Every sysfs path is resolved under this root, so a fake tree can stand in for a board.
+    pub sysfs_root: PathBuf,
+    /// How often a reading is taken.
+    pub interval: HumanDuration,
+    /// CPU temperature source.
+    pub cpu_temp: CpuTempSource,
+    /// The thermal zone to read when `cpu_temp = "thermal"`; empty picks the zone whose
+    /// type is `cpu-thermal`, else the hottest.
+    pub thermal_zone: String,
+    /// Battery sources to probe, in order; the first that answers is used.
+    pub battery: Vec<BatterySource>,
+    /// I2C bus number for fuel gauges (`/dev/i2c-N`).
+    pub i2c_bus: u8,
+    /// INA219 address; Waveshare UPS HATs use 0x42 (HAT C: 0x43).
+    pub ina219_address: u8,
+    /// Cells in series on an INA219-monitored pack (1 or 2), for voltage-to-percent.
+    pub ina219_cells: u8,
+}
+
+impl Default for SensorsSection {
+    fn default() -> Self {
+        SensorsSection {
+            sysfs_root: PathBuf::from("/"),
+            interval: HumanDuration(Duration::from_secs(5)),
+            cpu_temp: CpuTempSource::Auto,
+            thermal_zone: String::new(),
+            battery: vec![BatterySource::Auto],
+            i2c_bus: 1,
+            ina219_address: 0x42,
+            ina219_cells: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuTempSource {
+    /// Thermal zones, then hwmon, then sysinfo components.
+    Auto,
+    Thermal,
+    Hwmon,
+    Sysinfo,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatterySource {
+    /// power_supply class first, then the I2C gauges in a safe probing order.
+    Auto,
+    PowerSupply,
+    Max17048,
+    Ina219,
+    Pisugar3,
+    /// Mains only: never report a battery.
+    None,
+}
+
+/// Thresholds for the throttle policy. Defaults are the Raspberry Pi firmware's own
+/// limits minus a margin: the ARM is throttled from 80 C.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleSection {
+    pub reduce_temp_c: f64,
+    pub pause_temp_c: f64,
+    /// A level entered by temperature is left only this many degrees below its threshold.
+    pub temp_hysteresis_c: f64,
+    /// On battery (discharging), below this charge replication is reduced.
+    pub battery_reduce_percent: f64,
+    pub battery_pause_percent: f64,
+    pub battery_hysteresis_percent: f64,
+    /// Minimum time at a level before stepping up to a less restrictive one.
+    pub dwell: HumanDuration,
+    /// Share of the replication budget used at the `reduced` level.
+    pub reduced_factor: f64,
+}
+
+impl Default for ThrottleSection {
+    fn default() -> Self {
+        ThrottleSection {
+            reduce_temp_c: 75.0,
+            pause_temp_c: 80.0,
+            temp_hysteresis_c: 5.0,
+            battery_reduce_percent: 40.0,
+            battery_pause_percent: 20.0,
+            battery_hysteresis_percent: 5.0,
+            dwell: HumanDuration(Duration::from_secs(30)),
+            reduced_factor: 0.25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSection {
+    /// `embedded` runs a broker inside the agent (loopback only); otherwise
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub broker: Broker,
+    /// First level of every topic the agent uses.
+    pub topic_prefix: String,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            broker: Broker::Embedded,
+            topic_prefix: "ddc".into(),
+        }
+    }
+}
+
+/// `mqtt.broker`: the embedded broker or a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Broker {
+    #[default]
+    Embedded,
+    Url(BrokerUrl),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broker::Embedded => f.write_str("embedded"),
+            Broker::Url(u) => {
+                let scheme = if u.tls { "mqtts" } else { "mqtt" };
+                if u.host.contains(':') {
+                    write!(f, "{scheme}://[{}]:{}", u.host, u.port)
+                } else {
+                    write!(f, "{scheme}://{}:{}", u.host, u.port)
+                }
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Broker {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected =
+            || format!("expected \"embedded\" or a URL like \"mqtt://host:1883\", got {s:?}");
+        if s == "embedded" {
+            return Ok(Broker::Embedded);
+        }
+        let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("mqtts://") {
+            (true, r)
+        } else {
+            return Err(expected());
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('@') {
+            // Credentials belong in mqtt.username/password, not in a URL that ends up in logs.
+            return Err(expected());
+        }
+        let (host, port) = if let Some(h) = rest.strip_prefix('[') {
+            let (h, after) = h.split_once(']').ok_or_else(expected)?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace()) {
+            return Err(expected());
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return Err(format!("port must be 1-65535, got {p:?} in {s:?}")),
+            },
+        };
+        Ok(Broker::Url(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        }))
+    }
+}
+
+impl Serialize for Broker {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Broker {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let ok = [
+            ("mqtt://localhost", "mqtt://localhost:1883"),
+            ("mqtts://broker.example:8884", "mqtts://broker.example:8884"),
+            ("mqtts://b", "mqtts://b:8883"),
+            ("mqtt://[::1]:1884", "mqtt://[::1]:1884"),
+            ("embedded", "embedded"),
+        ];
+        for (s, want) in ok {
+            assert_eq!(s.parse::<Broker>().unwrap().to_string(), want);
+        }
+        for bad in [
+            "localhost:1883",
+            "http://x",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h",
+        ] {
+            assert!(bad.parse::<Broker>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Checks that types alone cannot express: ranges, orderings between keys, and values that
+//! would make the agent misbehave quietly (a pause threshold below the reduce threshold, a
+//! zero quota). Each failure names the one key an operator should change.
+
+use super::Config;
+use crate::boards::KNOWN_TARGETS;
+use std::time::Duration;
+
+type Problem = (String, String);
+
+fn fail(key: &str, msg: impl Into<String>) -> Result<(), Problem> {
+    Err((key.to_string(), msg.into()))
+}
+
+fn range(key: &str, v: f64, lo: f64, hi: f64, what: &str) -> Result<(), Problem> {
+    if !(lo..=hi).contains(&v) || v.is_nan() {
+        return fail(
+            key,
+            format!("expected {what} between {lo} and {hi}, got {v}"),
+        );
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Returns the first problem as (key path, message).
+    pub fn validate(&self) -> Result<(), Problem> {
+        let b = &self.board;
+        if !KNOWN_TARGETS.contains(&b.target.as_str()) {
+            return fail(
+                "board.target",
+                format!(
+                    "expected one of {}, got {:?}",
+                    KNOWN_TARGETS.join(", "),
+                    b.target
+                ),
+            );
+        }
+
+        let log = &self.node.log;
+        if log.trim().is_empty() || tracing_subscriber::EnvFilter::try_new(log).is_err() {
+            return fail(
+                "node.log",
+                format!(
+                    "expected a log level like \"info\" or a filter like \"ddc_edge=debug\", got {log:?}"
+                ),
+            );
+        }
+
+        let s = &self.storage;
+        if s.data_dir.as_os_str().is_empty() {
+            return fail(
+                "storage.data_dir",
+                "expected a directory path, got an empty string",
+            );
+        }
+        if s.quota.0 == 0 {
+            return fail(
+                "storage.quota",
+                "expected a size above zero (the disk offered to the network)",
+            );
+        }
+
+        let n = &self.sensors;
+        if n.sysfs_root.as_os_str().is_empty() {
+            return fail(
+                "sensors.sysfs_root",
+                "expected a directory path (\"/\" on a real board)",
+            );
+        }
+        let iv = n.interval.0;
+        if iv < Duration::from_millis(100) || iv > Duration::from_secs(3600) {
+            return fail(
+                "sensors.interval",
+                format!("expected between 100ms and 1h, got {}", n.interval),
+            );
+        }
+        if n.battery.is_empty() {
+            return fail(
+                "sensors.battery",
+                "expected at least one source; use [\"none\"] for a board on mains",
+            );
+        }
+        if !(0x03..=0x77).contains(&n.ina219_address) {
+            return fail(
+                "sensors.ina219_address",
+                format!(
+                    "expected a 7-bit I2C address 0x03-0x77, got {:#04x}",
+                    n.ina219_address
+                ),
+            );
+        }
+        if !(1..=2).contains(&n.ina219_cells) {
+            return fail(
+                "sensors.ina219_cells",
+                format!("expected 1 or 2 cells, got {}", n.ina219_cells),
+            );
+        }
+
+        let t = &self.throttle;
+        range(
+            "throttle.reduce_temp_c",
+            t.reduce_temp_c,
+            30.0,
+            110.0,
+            "a temperature in C",
+        )?;
+        range(
+            "throttle.pause_temp_c",
+            t.pause_temp_c,
+            30.0,
+            110.0,
+            "a temperature in C",
+        )?;
+        if t.pause_temp_c <= t.reduce_temp_c {
+            return fail(
+                "throttle.pause_temp_c",
+                format!(
+                    "must be above throttle.reduce_temp_c ({}), got {}",
+                    t.reduce_temp_c, t.pause_temp_c
+                ),
+            );
+        }
+        range(
+            "throttle.temp_hysteresis_c",
+            t.temp_hysteresis_c,
+            0.5,
+            30.0,
+            "degrees",
+        )?;
+        range(
+            "throttle.battery_reduce_percent",
+            t.battery_reduce_percent,
+            0.0,
+            100.0,
+            "a percentage",
+        )?;
+        range(
+            "throttle.battery_pause_percent",
+            t.battery_pause_percent,
+            0.0,
+            100.0,
+            "a percentage",
+        )?;
+        if t.battery_pause_percent >= t.battery_reduce_percent {
+            return fail(
+                "throttle.battery_pause_percent",
+                format!(
+                    "must be below throttle.battery_reduce_percent ({}), got {}",
+                    t.battery_reduce_percent, t.battery_pause_percent
+                ),
+            );
+        }
+        range(
+            "throttle.battery_hysteresis_percent",
+            t.battery_hysteresis_percent,
+            0.0,
+            50.0,
+            "points",
+        )?;
+        if t.dwell.0 > Duration::from_secs(24 * 3600) {
+            return fail(
+                "throttle.dwell",
+                format!("expected at most 24h, got {}", t.dwell),
+            );
+        }
+        if !(t.reduced_factor > 0.0 && t.reduced_factor < 1.0) {
+            return fail(
+                "throttle.reduced_factor",
+                format!(
+                    "expected a fraction above 0 and below 1, got {}",
+                    t.reduced_factor
+                ),
+            );
+        }
+
+        let m = &self.mqtt;
+        let p = &m.topic_prefix;
+        if p.is_empty() || p.contains(['+', '#', '\0']) || p.starts_with('/') || p.ends_with('/') {
+            return fail(
+                "mqtt.topic_prefix",
+                format!(
+                    "expected topic levels without wildcards or leading/trailing '/', got {p:?}"
+                ),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! ddc-edge: an edge agent that turns a Raspberry Pi-class board into a node of a
+//! decentralized data center.
+//!
+//! The crate is split into a pure core, which is told the time and its inputs and returns
+//! decisions (no I/O, deterministic tests), and thin drivers that do the I/O and feed it.
+//! `docs/architecture.md` has the module map and how data travels through the agent.
+//!
+//! Pure core: [`units`], [`config`], [`boards`].
+//! Drivers and wiring: [`agent`], [`cli`], [`fsutil`], [`logging`].
+
+pub mod agent;
+pub mod boards;
+pub mod cli;
+pub mod config;
+pub mod fsutil;
+pub mod logging;
+pub mod units;

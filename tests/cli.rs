@@ -1,0 +1,303 @@
+//! The command line as an operator uses it: real binary, real files.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn version_names_the_crate() {
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("ddc-edge {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_lists_every_command() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for cmd in ["run", "check-config", "init", "boards"] {
+        assert!(out.contains(cmd), "--help lacks {cmd}:\n{out}");
+    }
+    let o = run(&["run", "--help"]);
+    let out = stdout(&o);
+    for flag in [
+        "--config",
+        "--data-dir",
+        "--broker",
+        "--sysfs-root",
+        "--set",
+    ] {
+        assert!(out.contains(flag), "run --help lacks {flag}:\n{out}");
+    }
+}
+
+/// Each bad config is rejected with exit code 2 and a message naming the file and key.
+#[test]
+fn check_config_rejects_bad_configs_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "bad unit",
+            "[storage]\nquota = \"twenty\"\n",
+            "storage.quota: expected a size like \"20GiB\", got \"twenty\"",
+        ),
+        (
+            "unknown key",
+            "[storage]\nqouta = \"1GiB\"\n",
+            "storage.qouta: unknown key",
+        ),
+        (
+            "unknown section",
+            "[stroage]\nquota = \"1GiB\"\n",
+            "stroage: unknown key",
+        ),
+        (
+            "wrong type",
+            "[sensors]\ninterval = true\n",
+            "sensors.interval: invalid type: boolean",
+        ),
+        (
+            "zero quota",
+            "[storage]\nquota = 0\n",
+            "storage.quota: expected a size above zero",
+        ),
+        (
+            "pause below reduce",
+            "[throttle]\nreduce_temp_c = 80\npause_temp_c = 70\n",
+            "throttle.pause_temp_c: must be above throttle.reduce_temp_c",
+        ),
+        (
+            "implausible temperature",
+            "[throttle]\nreduce_temp_c = 250\n",
+            "throttle.reduce_temp_c: expected a temperature in C between",
+        ),
+        (
+            "battery order",
+            "[throttle]\nbattery_reduce_percent = 10\nbattery_pause_percent = 30\n",
+            "throttle.battery_pause_percent: must be below",
+        ),
+        (
+            "bad broker",
+            "[mqtt]\nbroker = \"localhost:1883\"\n",
+            "mqtt.broker: expected \"embedded\" or a URL",
+        ),
+        (
+            "bad broker port",
+            "[mqtt]\nbroker = \"mqtt://h:70000\"\n",
+            "mqtt.broker: port must be 1-65535",
+        ),
+        (
+            "unknown sensor source",
+            "[sensors]\nbattery = [\"lipo9000\"]\n",
+            "sensors.battery[0]: unknown value `lipo9000`",
+        ),
+        (
+            "interval too short",
+            "[sensors]\ninterval = \"1ms\"\n",
+            "sensors.interval: expected between 100ms and 1h",
+        ),
+        (
+            "bad target",
+            "[board]\ntarget = \"mips-unknown-linux-gnu\"\n",
+            "board.target: expected one of",
+        ),
+        (
+            "bad rate",
+            "[bandwidth]\negress = \"fast\"\n",
+            "bandwidth.egress: expected a rate like \"4MiB/s\", got \"fast\"",
+        ),
+        (
+            "bad reserve",
+            "[storage]\nreserve = \"some\"\n",
+            "storage.reserve: expected \"auto\" or a size",
+        ),
+        (
+            "bad factor",
+            "[throttle]\nreduced_factor = 1.5\n",
+            "throttle.reduced_factor: expected a fraction",
+        ),
+        (
+            "bad i2c address",
+            "[sensors]\nina219_address = 0x90\n",
+            "sensors.ina219_address: expected a 7-bit I2C address",
+        ),
+        (
+            "bad topic prefix",
+            "[mqtt]\ntopic_prefix = \"ddc/#\"\n",
+            "mqtt.topic_prefix: expected topic levels",
+        ),
+        (
+            "bad log filter",
+            "[node]\nlog = \"\"\n",
+            "node.log: expected a log level",
+        ),
+        ("syntax error", "[storage\nquota = 1\n", "invalid TOML"),
+    ];
+    for (i, (what, text, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        write(&path, text);
+        let o = run(&["check-config", "--config", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{what}: expected exit 2, got {:?}; stderr: {err}",
+            o.status
+        );
+        assert!(
+            err.contains(path.to_str().unwrap()),
+            "{what}: message does not name the file: {err}"
+        );
+        assert!(err.contains(want), "{what}: expected {want:?} in: {err}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let o = run(&["check-config", "--config", "/nonexistent/ddc.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/ddc.toml: cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bin()
+        .args(["check-config"])
+        .env("DDC_EDGE_CONFIG", "/nonexistent/env.toml")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("$DDC_EDGE_CONFIG"), "{}", stderr(&o));
+}
+
+#[test]
+fn set_overrides_are_checked_like_the_file() {
+    let o = run(&[
+        "check-config",
+        "--config",
+        "/dev/null",
+        "--set",
+        "storage.quota=2GiB",
+        "--print",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("quota = \"2GiB\""), "{}", stdout(&o));
+    let o = run(&[
+        "check-config",
+        "--config",
+        "/dev/null",
+        "--set",
+        "throttle.pause_temp_c=hot",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--set throttle.pause_temp_c=hot: throttle.pause_temp_c"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn every_board_profile_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["boards"]);
+    assert!(o.status.success());
+    let listing = stdout(&o);
+    let names: Vec<&str> = listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for want in [
+        "rpi5",
+        "rpi4",
+        "rpi3",
+        "rpi-zero-2w",
+        "rpi-armv7",
+        "generic-aarch64",
+    ] {
+        assert!(names.contains(&want), "boards lacks {want}:\n{listing}");
+    }
+    assert!(!listing.contains("invalid profile"), "{listing}");
+    for name in names {
+        let out = dir.path().join(format!("{name}.toml"));
+        let o = run(&["init", "--board", name, "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "init {name}: {}", stderr(&o));
+        let o = run(&["check-config", "--config", out.to_str().unwrap()]);
+        assert!(o.status.success(), "check-config {name}: {}", stderr(&o));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            text.starts_with("# ddc-edge configuration"),
+            "{name} profile is not commented"
+        );
+    }
+}
+
+#[test]
+fn init_is_idempotent_and_keeps_edits_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("etc/config.toml");
+    let out_s = out.to_str().unwrap();
+    assert!(
+        run(&["init", "--board", "rpi4", "--out", out_s])
+            .status
+            .success()
+    );
+    let first = std::fs::read_to_string(&out).unwrap();
+    let o = run(&["init", "--board", "rpi4", "--out", out_s]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("nothing to do"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), first);
+
+    let edited = first.replace("quota = \"32GiB\"", "quota = \"5GiB\"");
+    assert_ne!(edited, first);
+    write(&out, &edited);
+    let o = run(&["init", "--board", "rpi4", "--out", out_s]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("kept it"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), edited);
+    let o = run(&["init", "--board", "rpi4", "--out", out_s, "--force"]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), first);
+
+    let o = run(&["init", "--board", "pi9000", "--out", out_s]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown board \"pi9000\"; expected one of rpi5"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn run_starts_on_the_builtin_default_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut agent = Running::spawn(bin().current_dir(dir.path()).args([
+            "run",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]));
+        agent.wait_for("built-in development default", Duration::from_secs(20));
+        agent.wait_for("configured", Duration::from_secs(20));
+        agent.signal(sig);
+        let status = agent.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "{name}: {status:?}");
+        agent.wait_for(name, Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn run_with_a_bad_override_exits_2() {
+    let o = run(&["run", "--config", "/dev/null", "--broker", "tcp://x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--broker: mqtt.broker"),
+        "{}",
+        stderr(&o)
+    );
+}
