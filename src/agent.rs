@@ -30,7 +30,10 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             sysfs_root = %cfg.sensors.sysfs_root.display(),
             "configured"
         );
+        let monitor =
+            crate::sensors::monitor::Monitor::spawn(cfg).context("starting the sensor thread")?;
         let sig = shutdown.await;
+        drop(monitor);
         info!(signal = sig, "shutting down");
         anyhow::Ok(())
     })

@@ -52,6 +52,15 @@ pub enum Command {
     },
     /// List the board profiles.
     Boards,
+    /// Take one sensor reading and print it with the replication level the throttle
+    /// policy would choose from it.
+    Sensors {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where the config comes from and what to change on top of it.
@@ -103,6 +112,10 @@ pub fn main() -> ExitCode {
             print_boards();
             ExitCode::SUCCESS
         }
+        Command::Sensors { config, json } => with_config(&config, |loaded| {
+            print_sensors(&loaded.config, json);
+            Ok(())
+        }),
     }
 }
 
@@ -196,5 +209,52 @@ fn print_boards() {
             c.bandwidth.replication.to_string(),
             c.board.description
         );
+    }
+}
+
+fn print_sensors(cfg: &Config, json: bool) {
+    use crate::sensors::{BatteryReading, Sensors, to_json};
+    let mut sensors = Sensors::probe(&cfg.sensors);
+    let readings = sensors.read();
+    let decision =
+        crate::throttle::Policy::new(&cfg.throttle).step(std::time::Instant::now(), &readings);
+    if json {
+        println!("{}", to_json(&readings, &decision, sensors.sources()));
+        return;
+    }
+    let src = sensors.sources();
+    let temp = match readings.cpu_temp_c {
+        Ok(t) => format!("{t:.1} C"),
+        Err(e) => format!("unavailable ({e})"),
+    };
+    let battery = match readings.battery {
+        BatteryReading::Absent => "none (mains)".to_string(),
+        BatteryReading::Present(b) => {
+            let v = b
+                .voltage_v
+                .map(|v| format!(", {v:.3} V"))
+                .unwrap_or_default();
+            format!("{:.1} % {}{v}", b.percent, b.status.as_str())
+        }
+        BatteryReading::Unavailable(e) => format!("unavailable ({e})"),
+    };
+    let power = match readings.power {
+        Ok(p) => match p.undervoltage_now() {
+            Some(true) => format!("UNDER-VOLTAGE (flags {:#x})", p.bits()),
+            _ => format!("ok (flags {:#x})", p.bits()),
+        },
+        Err(e) => format!("unknown ({e})"),
+    };
+    println!("{:<16} {:<32} {}", "cpu temperature", temp, src.cpu_temp);
+    println!("{:<16} {:<32} {}", "battery", battery, src.battery);
+    println!("{:<16} {:<32} {}", "power", power, src.power);
+    println!(
+        "{:<16} {} (replication at {:.0} % of its budget)",
+        "level",
+        decision.level,
+        decision.factor * 100.0
+    );
+    for (i, r) in decision.reason_strings().iter().enumerate() {
+        println!("{:<16} {r}", if i == 0 { "reasons" } else { "" });
     }
 }

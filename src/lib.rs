@@ -14,4 +14,6 @@ pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod logging;
+pub mod sensors;
+pub mod throttle;
 pub mod units;

@@ -301,3 +301,28 @@ fn run_with_a_bad_override_exits_2() {
         stderr(&o)
     );
 }
+
+#[test]
+fn run_reads_the_sensors_and_logs_the_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!(
+        "{}/tests/fixtures/sysfs/pi5-battery-hat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut agent = Running::spawn(bin().current_dir(dir.path()).args([
+        "run",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--sysfs-root",
+        &root,
+    ]));
+    agent.wait_for("sensor sources", Duration::from_secs(20));
+    let line = agent.wait_for("replication level", Duration::from_secs(20));
+    assert!(line.contains("level=reduced"), "{line}");
+    assert!(
+        line.contains("on battery at 35 % < 40 %: reduced"),
+        "{line}"
+    );
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+}

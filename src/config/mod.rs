@@ -15,6 +15,7 @@ pub use load::{
     parse as parse_text,
 };
 
+use crate::throttle::Level;
 use crate::units::{ByteSize, HumanDuration, Rate};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -230,6 +231,14 @@ pub struct ThrottleSection {
     pub dwell: HumanDuration,
     /// Share of the replication budget used at the `reduced` level.
     pub reduced_factor: f64,
+    /// Readings whose median is used for the temperature (1-8); one spike cannot flap the
+    /// level, at the cost of reacting a reading later.
+    pub smoothing_samples: u8,
+    /// Level to assume while the CPU temperature cannot be read. The firmware still
+    /// protects the chip, so the default keeps working.
+    pub unknown_temp: Level,
+    /// Level to assume while a battery that was found cannot be read.
+    pub unknown_battery: Level,
 }
 
 impl Default for ThrottleSection {
@@ -243,6 +252,9 @@ impl Default for ThrottleSection {
             battery_hysteresis_percent: 5.0,
             dwell: HumanDuration(Duration::from_secs(30)),
             reduced_factor: 0.25,
+            smoothing_samples: 3,
+            unknown_temp: Level::Full,
+            unknown_battery: Level::Full,
         }
     }
 }

@@ -174,6 +174,17 @@ impl Config {
             );
         }
 
+        if !(1..=crate::throttle::MAX_SMOOTHING as u8).contains(&t.smoothing_samples) {
+            return fail(
+                "throttle.smoothing_samples",
+                format!(
+                    "expected 1 to {}, got {}",
+                    crate::throttle::MAX_SMOOTHING,
+                    t.smoothing_samples
+                ),
+            );
+        }
+
         let m = &self.mqtt;
         let p = &m.topic_prefix;
         if p.is_empty() || p.contains(['+', '#', '\0']) || p.starts_with('/') || p.ends_with('/') {
