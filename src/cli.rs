@@ -52,6 +52,13 @@ pub enum Command {
     },
     /// List the board profiles.
     Boards,
+    /// The local chunk store (the agent must not be running on the same data dir).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Take one sensor reading and print it with the replication level the throttle
     /// policy would choose from it.
     Sensors {
@@ -63,23 +70,64 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Store files (split into chunks plus a manifest); prints each file ID, the last
+    /// file's on the last line.
+    Put {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Chunk writes in flight at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Write a stored file (or, with --raw, one chunk) to OUT, verifying every chunk.
+    Get {
+        id: String,
+        #[arg(short, long, value_name = "OUT")]
+        out: PathBuf,
+        /// The ID is a single chunk, not a file manifest.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List stored chunks: ID and size.
+    Ls,
+    /// Usage figures.
+    Stat {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify every chunk at storage.scrub_rate; corrupt chunks are quarantined. Exits 1
+    /// if any was found.
+    Scrub {
+        /// Override storage.scrub_rate, e.g. 20MiB/s (0 = unlimited).
+        #[arg(long)]
+        rate: Option<crate::units::Rate>,
+    },
+    /// Delete chunks by ID.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
 /// Where the config comes from and what to change on top of it.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
     /// Config file (default: $DDC_EDGE_CONFIG, /etc/ddc-edge/config.toml, built-in).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
     /// Override storage.data_dir.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Override mqtt.broker: `embedded`, `mqtt://host:port` or `mqtts://host:port`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub broker: Option<String>,
     /// Override sensors.sysfs_root (read sensors from a fake tree).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub sysfs_root: Option<PathBuf>,
     /// Override any config key, e.g. --set storage.quota=20GiB (repeatable).
-    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE", global = true)]
     pub set: Vec<String>,
 }
 
@@ -111,6 +159,9 @@ pub fn main() -> ExitCode {
         Command::Boards => {
             print_boards();
             ExitCode::SUCCESS
+        }
+        Command::Store { command, config } => {
+            with_config(&config, |loaded| store_command(&loaded.config, command))
         }
         Command::Sensors { config, json } => with_config(&config, |loaded| {
             print_sensors(&loaded.config, json);
@@ -257,4 +308,114 @@ fn print_sensors(cfg: &Config, json: bool) {
     for (i, r) in decision.reason_strings().iter().enumerate() {
         println!("{:<16} {r}", if i == 0 { "reasons" } else { "" });
     }
+}
+
+fn store_command(cfg: &Config, cmd: StoreCommand) -> anyhow::Result<()> {
+    use crate::store::{ChunkId, Store, StoreConfig};
+    use anyhow::Context;
+    let store = Store::open(
+        &cfg.storage.data_dir,
+        StoreConfig::from_section(&cfg.storage),
+    )?;
+    let chunk_size = store.config().max_chunk as u32;
+    match cmd {
+        StoreCommand::Put { files, jobs } => {
+            for f in files {
+                let file =
+                    std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let id = store.put_file_jobs(std::io::BufReader::new(file), chunk_size, jobs)?;
+                eprintln!("stored {} ({len} bytes)", f.display());
+                println!("{id}");
+            }
+        }
+        StoreCommand::Get { id, out, raw } => {
+            let id: ChunkId = id.parse()?;
+            let tmp = out.with_extension("ddc-partial");
+            let result = (|| -> anyhow::Result<u64> {
+                let mut w = std::io::BufWriter::new(
+                    std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?,
+                );
+                let n = if raw {
+                    let data = store.get(&id)?;
+                    w.write_all(&data)?;
+                    data.len() as u64
+                } else {
+                    store.get_file(&id, &mut w)?
+                };
+                w.flush()?;
+                Ok(n)
+            })();
+            match result {
+                Ok(n) => {
+                    std::fs::rename(&tmp, &out)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                    eprintln!("wrote {n} bytes to {}", out.display());
+                }
+                Err(e) => {
+                    // Never leave a half-written or unverified file under the asked name.
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        }
+        StoreCommand::Ls => {
+            let mut out = std::io::stdout().lock();
+            let mut result = Ok(());
+            store.for_each(|id, size| {
+                result = writeln!(out, "{id} {size}");
+                result.is_ok()
+            })?;
+            result?;
+        }
+        StoreCommand::Stat { json } => {
+            let st = store.stat()?;
+            if json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                println!(
+                    "used        {} bytes in {} chunks",
+                    st.used_bytes, st.chunks
+                );
+                println!("quota       {} bytes", st.quota_bytes);
+                println!(
+                    "quarantined {} chunks, {} bytes",
+                    st.quarantined, st.quarantined_bytes
+                );
+                println!(
+                    "filesystem  {} bytes free, {} kept in reserve",
+                    st.free_bytes, st.reserve_bytes
+                );
+            }
+        }
+        StoreCommand::Scrub { rate } => {
+            let rate = rate.unwrap_or(cfg.storage.scrub_rate).0;
+            let r = store.scrub(rate)?;
+            println!(
+                "checked {} chunks ({} bytes), {} corrupt",
+                r.checked,
+                r.bytes,
+                r.corrupt.len()
+            );
+            for id in &r.corrupt {
+                println!("corrupt {id} (quarantined)");
+            }
+            if !r.corrupt.is_empty() {
+                anyhow::bail!("scrub found {} corrupt chunks", r.corrupt.len());
+            }
+        }
+        StoreCommand::Rm { ids } => {
+            let ids = ids
+                .iter()
+                .map(|s| s.parse::<ChunkId>())
+                .collect::<Result<Vec<_>, _>>()?;
+            for id in ids {
+                let n = store.delete(&id)?;
+                eprintln!("deleted {id} ({n} bytes)");
+            }
+        }
+    }
+    store.checkpoint()?;
+    Ok(())
 }

@@ -15,5 +15,6 @@ pub mod config;
 pub mod fsutil;
 pub mod logging;
 pub mod sensors;
+pub mod store;
 pub mod throttle;
 pub mod units;

@@ -86,6 +86,17 @@ pub struct StorageSection {
     /// Free space always left on the filesystem, whatever the quota says. `auto` is the
     /// larger of 5 % of the filesystem and 1 GiB.
     pub reserve: Reserve,
+    /// Largest chunk, and the size files are split into (hard cap 4 MiB).
+    pub chunk_size: ByteSize,
+    /// fsync data, journal and directories before a write is acknowledged. Off trades
+    /// durability on power loss for speed; a process crash loses nothing either way.
+    pub fsync: bool,
+    /// I/O budget of a scrub (0 = unlimited).
+    pub scrub_rate: Rate,
+    /// Unpinned chunks are collected when usage passes this share of the quota...
+    pub gc_high_percent: u8,
+    /// ...down to this share.
+    pub gc_low_percent: u8,
 }
 
 impl Default for StorageSection {
@@ -94,6 +105,11 @@ impl Default for StorageSection {
             data_dir: PathBuf::from("./ddc-data"),
             quota: ByteSize(1 << 30),
             reserve: Reserve::Auto,
+            chunk_size: ByteSize(1 << 20),
+            fsync: true,
+            scrub_rate: Rate(8 << 20),
+            gc_high_percent: 90,
+            gc_low_percent: 80,
         }
     }
 }

@@ -61,6 +61,23 @@ impl Config {
             );
         }
 
+        let cs = s.chunk_size.0;
+        if !(4096..=crate::store::HARD_MAX_CHUNK).contains(&cs) {
+            return fail(
+                "storage.chunk_size",
+                format!("expected between 4KiB and 4MiB, got {}", s.chunk_size),
+            );
+        }
+        if !(s.gc_low_percent < s.gc_high_percent && s.gc_high_percent <= 100) {
+            return fail(
+                "storage.gc_low_percent",
+                format!(
+                    "expected gc_low_percent < gc_high_percent <= 100, got {} and {}",
+                    s.gc_low_percent, s.gc_high_percent
+                ),
+            );
+        }
+
         let n = &self.sensors;
         if n.sysfs_root.as_os_str().is_empty() {
             return fail(

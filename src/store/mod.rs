@@ -1,0 +1,1094 @@
+//! The offered disk: a crash-safe, content-addressed chunk store with exact quota
+//! accounting.
+//!
+//! Layout under `<data_dir>/store/` (docs/store.md):
+//!
+//! ```text
+//! chunks/<00..ff>/<id>   chunk files, fanned out on the ID's first byte
+//! tmp/                   writes in progress; emptied at start (a crash leaves them)
+//! quarantine/<id>        chunks that failed verification, never served
+//! pins/<00..ff>/<id>     empty files: chunks this node is responsible for (kept by GC)
+//! state/counters.json    accounting snapshot; state/journal continues it (see journal.rs)
+//! lock                   flock: one process owns the store at a time
+//! ```
+//!
+//! A put streams into a temp file on the same filesystem while hashing, fsyncs it, then
+//! under the accounting lock journals the put and renames it into place, and fsyncs the
+//! directory (fsyncs follow `storage.fsync`). A reader therefore sees a whole chunk or no
+//! chunk. Every read verifies the hash before returning data; a chunk that fails is moved
+//! to quarantine, accounted and reported as a [`StoreEvent::ChunkCorrupt`].
+//!
+//! The store is synchronous and thread-safe (`&self` everywhere); [`AsyncStore`] wraps it
+//! for tokio with `spawn_blocking`.
+
+pub mod id;
+pub mod journal;
+pub mod manifest;
+pub mod quota;
+
+use crate::config::{Reserve, StorageSection};
+pub use id::{ChunkId, Hasher, IdError};
+use journal::{Op, Record};
+pub use manifest::{Manifest, ManifestError};
+use quota::{Counters, FsSpace, NearFull, QuotaError};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tracing::{error, info};
+
+/// The largest chunk the store accepts, whatever the config says.
+pub const HARD_MAX_CHUNK: u64 = 4 << 20;
+/// Journal records between automatic checkpoints: bounds start-up replay.
+const CHECKPOINT_EVERY: u64 = 4096;
+
+/// Everything that can go wrong, typed so callers (CLI, protocol) map it to exit codes
+/// and status codes without parsing text.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    #[error("empty chunk: chunks must hold at least one byte")]
+    Empty,
+    #[error("chunk of {size} bytes is over the {max}-byte limit (storage.chunk_size)")]
+    TooLarge { size: u64, max: u64 },
+    #[error(transparent)]
+    Full(#[from] QuotaError),
+    #[error("chunk {0} not found")]
+    NotFound(ChunkId),
+    #[error("chunk {id} is corrupt (its data hashes to {actual}); moved to quarantine")]
+    Corrupt { id: ChunkId, actual: ChunkId },
+    #[error("data hashes to {actual}, not the expected {expected}; nothing stored")]
+    HashMismatch { expected: ChunkId, actual: ChunkId },
+    #[error("declared {declared} bytes but the data was {got} bytes; nothing stored")]
+    LengthMismatch { declared: u64, got: u64 },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{path} is in use by another ddc-edge process (stop the agent, or go through it)")]
+    Locked { path: PathBuf },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl StoreError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Io { context, source }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Things the MQTT layer reports as events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreEvent {
+    ChunkCorrupt {
+        id: ChunkId,
+        size: u64,
+    },
+    QuotaNearFull {
+        used_bytes: u64,
+        quota_bytes: u64,
+    },
+    /// The verification walk found the counters wrong: a bug, corrected and reported.
+    CounterDrift {
+        counted: Counters,
+        actual: Counters,
+    },
+}
+
+/// Store settings, resolved from `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub quota: u64,
+    pub reserve: Reserve,
+    pub max_chunk: u64,
+    pub fsync: bool,
+}
+
+impl StoreConfig {
+    pub fn from_section(s: &StorageSection) -> StoreConfig {
+        StoreConfig {
+            quota: s.quota.0,
+            reserve: s.reserve,
+            max_chunk: s.chunk_size.0.min(HARD_MAX_CHUNK),
+            fsync: s.fsync,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored(ChunkId),
+    /// The chunk was already there; nothing was written.
+    AlreadyPresent(ChunkId),
+}
+
+impl PutOutcome {
+    pub fn id(&self) -> ChunkId {
+        match *self {
+            PutOutcome::Stored(id) | PutOutcome::AlreadyPresent(id) => id,
+        }
+    }
+}
+
+/// The figures `store stat --json` and the health message report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stat {
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    pub chunks: u64,
+    pub quarantined: u64,
+    pub quarantined_bytes: u64,
+    pub free_bytes: u64,
+    pub reserve_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScrubReport {
+    pub checked: u64,
+    pub bytes: u64,
+    pub corrupt: Vec<ChunkId>,
+}
+
+struct Inner {
+    counters: Counters,
+    quarantined: u64,
+    quarantined_bytes: u64,
+    /// Bytes of puts that passed the quota check and are still being written.
+    reserved: u64,
+    quota: u64,
+    journal: File,
+    generation: u64,
+    journaled: u64,
+    /// Completed changes, so a verification walk can tell whether it raced with one.
+    changes: u64,
+    near_full: NearFull,
+}
+
+/// The chunk store. See the module docs.
+pub struct Store {
+    root: PathBuf,
+    cfg: StoreConfig,
+    inner: Mutex<Inner>,
+    tmp_seq: AtomicU64,
+    events: broadcast::Sender<StoreEvent>,
+    _lock: File,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    version: u32,
+    generation: u64,
+    #[serde(flatten)]
+    counters: Counters,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `<data_dir>/store`, takes its lock,
+    /// clears temp files left by a crash and restores the counters from the snapshot and
+    /// journal without walking the chunks.
+    pub fn open(data_dir: &Path, cfg: StoreConfig) -> Result<Store> {
+        let root = data_dir.join("store");
+        for d in ["chunks", "tmp", "quarantine", "pins", "state"] {
+            fs::create_dir_all(root.join(d)).map_err(StoreError::io(format!(
+                "creating {}",
+                root.join(d).display()
+            )))?;
+        }
+        let lock = lock_exclusive(&root.join("lock"))?;
+        for i in 0..=255u8 {
+            for d in ["chunks", "pins"] {
+                let p = root.join(d).join(format!("{i:02x}"));
+                if !p.exists() {
+                    fs::create_dir(&p)
+                        .map_err(StoreError::io(format!("creating {}", p.display())))?;
+                }
+            }
+        }
+        let mut removed = 0;
+        for e in fs::read_dir(root.join("tmp"))
+            .map_err(StoreError::io("reading tmp/"))?
+            .flatten()
+        {
+            if fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(removed, "removed temp files left by an interrupted write");
+        }
+
+        let snap_path = root.join("state/counters.json");
+        let snapshot: Snapshot = match fs::read(&snap_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Io {
+                context: format!("reading {}", snap_path.display()),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Snapshot {
+                version: 1,
+                generation: 0,
+                counters: Counters::default(),
+            },
+            Err(e) => {
+                return Err(StoreError::io(format!("reading {}", snap_path.display()))(
+                    e,
+                ));
+            }
+        };
+        let journal_path = root.join("state/journal");
+        let text = fs::read_to_string(&journal_path).unwrap_or_default();
+        let parsed = journal::parse(&text);
+        if parsed.bad_lines > 0 {
+            error!(
+                bad_lines = parsed.bad_lines,
+                "accounting journal has unreadable lines; counters may drift until the next verification walk"
+            );
+        }
+        let counters = if parsed.generation == Some(snapshot.generation) {
+            let chunks = root.join("chunks");
+            journal::replay(snapshot.counters, &parsed.records, |id| {
+                fs::metadata(chunks.join(id.fanout()).join(id.to_string()))
+                    .ok()
+                    .map(|m| m.len())
+            })
+        } else {
+            snapshot.counters
+        };
+        let (quarantined, quarantined_bytes) = fs::read_dir(root.join("quarantine"))
+            .map_err(StoreError::io("reading quarantine/"))?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.len()));
+
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal_path)
+            .map_err(StoreError::io(format!(
+                "opening {}",
+                journal_path.display()
+            )))?;
+        let (events, _) = broadcast::channel(64);
+        let store = Store {
+            cfg: cfg.clone(),
+            inner: Mutex::new(Inner {
+                counters,
+                quarantined,
+                quarantined_bytes,
+                reserved: 0,
+                quota: cfg.quota,
+                journal,
+                generation: snapshot.generation,
+                journaled: parsed.records.len() as u64,
+                changes: 0,
+                near_full: NearFull::new(90),
+            }),
+            root,
+            tmp_seq: AtomicU64::new(0),
+            events,
+            _lock: lock,
+        };
+        // Fold the replayed journal into a fresh snapshot so the next start is instant.
+        store.checkpoint()?;
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Events for the MQTT layer.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the counters half-updated (each
+        // update is a few plain assignments), so carrying on is safe.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.root
+            .join("chunks")
+            .join(id.fanout())
+            .join(id.to_string())
+    }
+
+    fn pin_path(&self, id: &ChunkId) -> PathBuf {
+        self.root
+            .join("pins")
+            .join(id.fanout())
+            .join(id.to_string())
+    }
+
+    /// Changes the quota at runtime (`set_limits` over MQTT). Stored chunks are kept even
+    /// if they are now over it; new puts are refused until usage falls below.
+    pub fn set_quota(&self, quota: u64) {
+        self.lock().quota = quota;
+    }
+
+    pub fn fs_space(&self) -> Result<FsSpace> {
+        statvfs(&self.root)
+    }
+
+    fn reserve_bytes(&self, fs: FsSpace) -> u64 {
+        match self.cfg.reserve {
+            Reserve::Auto => quota::auto_reserve(fs.total),
+            Reserve::Size(b) => b.0,
+        }
+    }
+
+    pub fn stat(&self) -> Result<Stat> {
+        let fs = self.fs_space()?;
+        let i = self.lock();
+        Ok(Stat {
+            used_bytes: i.counters.used_bytes,
+            quota_bytes: i.quota,
+            chunks: i.counters.chunks,
+            quarantined: i.quarantined,
+            quarantined_bytes: i.quarantined_bytes,
+            free_bytes: fs.free,
+            reserve_bytes: self.reserve_bytes(fs),
+        })
+    }
+
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.chunk_path(id).exists()
+    }
+
+    /// Size of a stored chunk without reading it.
+    pub fn size_of(&self, id: &ChunkId) -> Result<u64> {
+        match fs::metadata(self.chunk_path(id)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(*id)),
+            Err(e) => Err(StoreError::io(format!("stat {id}"))(e)),
+        }
+    }
+
+    /// Stores `data`, returning its ID.
+    pub fn put(&self, data: &[u8]) -> Result<PutOutcome> {
+        self.put_verified(data, None)
+    }
+
+    /// Stores an in-memory chunk; with `expected`, it must hash to that ID. The hash is
+    /// computed on a second thread while the data is written, so a put costs about
+    /// max(hash, write) rather than their sum.
+    pub fn put_verified(&self, data: &[u8], expected: Option<ChunkId>) -> Result<PutOutcome> {
+        const PARALLEL_FROM: usize = 64 << 10;
+        if data.len() < PARALLEL_FROM {
+            return self.put_stream(data, data.len() as u64, expected);
+        }
+        let size = data.len() as u64;
+        self.check_size(size)?;
+        if let Some(id) = expected
+            && self.has(&id)
+        {
+            return Ok(PutOutcome::AlreadyPresent(id));
+        }
+        let reservation = self.reserve(size)?;
+        let tmp = self.temp_path();
+        let (id, written) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(|| ChunkId::of(data));
+            let written = (|| -> Result<()> {
+                let mut f = File::create(&tmp).map_err(StoreError::io("creating a temp file"))?;
+                f.write_all(data)
+                    .map_err(StoreError::io("writing a temp file"))?;
+                if self.cfg.fsync {
+                    f.sync_all()
+                        .map_err(StoreError::io("fsync of a temp file"))?;
+                }
+                Ok(())
+            })();
+            (hasher.join().expect("hashing does not panic"), written)
+        });
+        let checked = written.and_then(|()| match expected {
+            Some(expected) if expected != id => Err(StoreError::HashMismatch {
+                expected,
+                actual: id,
+            }),
+            _ => Ok(()),
+        });
+        if let Err(e) = checked {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.commit(tmp, id, size, reservation)
+    }
+
+    fn check_size(&self, size: u64) -> Result<()> {
+        if size == 0 {
+            return Err(StoreError::Empty);
+        }
+        if size > self.cfg.max_chunk {
+            return Err(StoreError::TooLarge {
+                size,
+                max: self.cfg.max_chunk,
+            });
+        }
+        Ok(())
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}.{seq}", std::process::id()))
+    }
+
+    /// Stores exactly `size` bytes from `reader`. With `expected`, the data must hash to
+    /// it (a peer's PUT), and an already-present chunk is not read at all.
+    pub fn put_stream<R: Read>(
+        &self,
+        mut reader: R,
+        size: u64,
+        expected: Option<ChunkId>,
+    ) -> Result<PutOutcome> {
+        self.check_size(size)?;
+        if let Some(id) = expected
+            && self.has(&id)
+        {
+            return Ok(PutOutcome::AlreadyPresent(id));
+        }
+        let reservation = self.reserve(size)?;
+        let tmp = self.temp_path();
+        let written = (|| -> Result<ChunkId> {
+            let mut f = File::create(&tmp).map_err(StoreError::io("creating a temp file"))?;
+            let mut h = Hasher::new();
+            let mut buf = vec![0u8; (size as usize).min(256 << 10)];
+            let mut got = 0u64;
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(StoreError::io("reading chunk data")(e)),
+                };
+                got += n as u64;
+                if got > size {
+                    return Err(StoreError::LengthMismatch {
+                        declared: size,
+                        got,
+                    });
+                }
+                h.update(&buf[..n]);
+                f.write_all(&buf[..n])
+                    .map_err(StoreError::io("writing a temp file"))?;
+            }
+            if got != size {
+                return Err(StoreError::LengthMismatch {
+                    declared: size,
+                    got,
+                });
+            }
+            let id = h.finish();
+            if let Some(expected) = expected
+                && expected != id
+            {
+                return Err(StoreError::HashMismatch {
+                    expected,
+                    actual: id,
+                });
+            }
+            if self.cfg.fsync {
+                f.sync_all()
+                    .map_err(StoreError::io("fsync of a temp file"))?;
+            }
+            Ok(id)
+        })();
+        let id = match written {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        self.commit(tmp, id, size, reservation)
+    }
+
+    /// Makes a fully written, synced temp file visible as chunk `id`: journal, rename,
+    /// count, fsync the directory. A chunk that is already there wins; the temp goes.
+    fn commit(
+        &self,
+        tmp: PathBuf,
+        id: ChunkId,
+        size: u64,
+        reservation: Reservation<'_>,
+    ) -> Result<PutOutcome> {
+        let dest = self.chunk_path(&id);
+        let outcome = {
+            let mut i = self.lock();
+            if dest.exists() {
+                let _ = fs::remove_file(&tmp);
+                PutOutcome::AlreadyPresent(id)
+            } else {
+                self.journal(&mut i, Op::Put, id, size)?;
+                if let Err(e) = fs::rename(&tmp, &dest) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(StoreError::io(format!("renaming into {}", dest.display()))(
+                        e,
+                    ));
+                }
+                i.counters.used_bytes += size;
+                i.counters.chunks += 1;
+                i.changes += 1;
+                let (used, quota) = (i.counters.used_bytes, i.quota);
+                if i.near_full.observe(used, quota) {
+                    let _ = self.events.send(StoreEvent::QuotaNearFull {
+                        used_bytes: used,
+                        quota_bytes: quota,
+                    });
+                }
+                PutOutcome::Stored(id)
+            }
+        };
+        drop(reservation);
+        if self.cfg.fsync && matches!(outcome, PutOutcome::Stored(_)) {
+            crate::fsutil::sync_dir(dest.parent().expect("chunk paths have a parent"))
+                .map_err(StoreError::io("fsync of a chunk directory"))?;
+        }
+        self.maybe_checkpoint()?;
+        Ok(outcome)
+    }
+
+    fn reserve(&self, size: u64) -> Result<Reservation<'_>> {
+        let fs = self.fs_space()?;
+        let reserve = self.reserve_bytes(fs);
+        let mut i = self.lock();
+        quota::check(i.counters, i.reserved, size, i.quota, fs, reserve)?;
+        i.reserved += size;
+        Ok(Reservation { store: self, size })
+    }
+
+    fn journal(&self, i: &mut Inner, op: Op, id: ChunkId, size: u64) -> Result<()> {
+        let line = Record { op, id, size }.encode();
+        i.journal
+            .write_all(line.as_bytes())
+            .map_err(StoreError::io("appending to the journal"))?;
+        if self.cfg.fsync {
+            i.journal
+                .sync_data()
+                .map_err(StoreError::io("fsync of the journal"))?;
+        }
+        i.journaled += 1;
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&self) -> Result<()> {
+        if self.lock().journaled >= CHECKPOINT_EVERY {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the counters to a new snapshot and restarts the journal. Called at open,
+    /// every few thousand changes, and at clean shutdown.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut i = self.lock();
+        let generation = i.generation + 1;
+        let snap = Snapshot {
+            version: 1,
+            generation,
+            counters: i.counters,
+        };
+        let bytes = serde_json::to_vec(&snap).expect("snapshot serializes");
+        crate::fsutil::write_atomic(&self.root.join("state/counters.json"), &bytes)
+            .map_err(StoreError::io("writing the accounting snapshot"))?;
+        i.journal
+            .set_len(0)
+            .map_err(StoreError::io("truncating the journal"))?;
+        i.journal
+            .write_all(format!("G {generation}\n").as_bytes())
+            .map_err(StoreError::io("writing the journal header"))?;
+        if self.cfg.fsync {
+            i.journal
+                .sync_data()
+                .map_err(StoreError::io("fsync of the journal"))?;
+        }
+        i.generation = generation;
+        i.journaled = 0;
+        Ok(())
+    }
+
+    /// Reads a chunk whole and verifies it before returning it. One allocation of the
+    /// chunk's size; the returned `Bytes` is sliced, not copied, by the data plane.
+    pub fn get(&self, id: &ChunkId) -> Result<bytes::Bytes> {
+        let path = self.chunk_path(id);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(StoreError::io(format!("opening chunk {id}"))(e)),
+        };
+        let len = f
+            .metadata()
+            .map_err(StoreError::io(format!("stat chunk {id}")))?
+            .len();
+        if len > HARD_MAX_CHUNK {
+            return Err(self.quarantine(id, len, ChunkId([0; 32])));
+        }
+        // Hash block by block as the data arrives, so the kernel's readahead fetches the
+        // next block while this one is hashed.
+        let mut buf = vec![0u8; len as usize];
+        let mut h = Hasher::new();
+        let mut n = 0;
+        while n < buf.len() {
+            let end = (n + (256 << 10)).min(buf.len());
+            match f.read(&mut buf[n..end]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    h.update(&buf[n..n + k]);
+                    n += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io(format!("reading chunk {id}"))(e)),
+            }
+        }
+        buf.truncate(n);
+        let actual = h.finish();
+        if actual != *id {
+            return Err(self.quarantine(id, buf.len() as u64, actual));
+        }
+        Ok(bytes::Bytes::from(buf))
+    }
+
+    /// Moves a chunk that failed verification out of service and accounts for it.
+    fn quarantine(&self, id: &ChunkId, size: u64, actual: ChunkId) -> StoreError {
+        let from = self.chunk_path(id);
+        let to = self.root.join("quarantine").join(id.to_string());
+        let mut i = self.lock();
+        let size = fs::metadata(&from).map(|m| m.len()).unwrap_or(size);
+        if !from.exists() {
+            return StoreError::NotFound(*id);
+        }
+        if let Err(e) = self.journal(&mut i, Op::Quarantine, *id, size) {
+            return e;
+        }
+        if let Err(e) = fs::rename(&from, &to) {
+            return StoreError::io(format!("moving chunk {id} to quarantine"))(e);
+        }
+        i.counters.used_bytes = i.counters.used_bytes.saturating_sub(size);
+        i.counters.chunks = i.counters.chunks.saturating_sub(1);
+        i.quarantined += 1;
+        i.quarantined_bytes += size;
+        i.changes += 1;
+        drop(i);
+        error!(%id, size, "corrupt chunk moved to quarantine");
+        let _ = self.events.send(StoreEvent::ChunkCorrupt { id: *id, size });
+        StoreError::Corrupt { id: *id, actual }
+    }
+
+    /// Deletes a chunk (and its pin). Frees exactly its size.
+    pub fn delete(&self, id: &ChunkId) -> Result<u64> {
+        let path = self.chunk_path(id);
+        let size = {
+            let mut i = self.lock();
+            let size = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound(*id));
+                }
+                Err(e) => return Err(StoreError::io(format!("stat chunk {id}"))(e)),
+            };
+            self.journal(&mut i, Op::Delete, *id, size)?;
+            fs::remove_file(&path).map_err(StoreError::io(format!("deleting chunk {id}")))?;
+            i.counters.used_bytes = i.counters.used_bytes.saturating_sub(size);
+            i.counters.chunks = i.counters.chunks.saturating_sub(1);
+            i.changes += 1;
+            size
+        };
+        let _ = fs::remove_file(self.pin_path(id));
+        if self.cfg.fsync {
+            crate::fsutil::sync_dir(path.parent().expect("chunk paths have a parent"))
+                .map_err(StoreError::io("fsync of a chunk directory"))?;
+        }
+        self.maybe_checkpoint()?;
+        Ok(size)
+    }
+
+    /// Marks a chunk as one this node is responsible for: GC keeps it. A pin may come
+    /// before the chunk does.
+    pub fn pin(&self, id: &ChunkId) -> Result<()> {
+        File::create(self.pin_path(id))
+            .map(drop)
+            .map_err(StoreError::io(format!("pinning {id}")))
+    }
+
+    pub fn unpin(&self, id: &ChunkId) -> Result<()> {
+        match fs::remove_file(self.pin_path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("unpinning {id}"))(e)),
+        }
+    }
+
+    pub fn is_pinned(&self, id: &ChunkId) -> bool {
+        self.pin_path(id).exists()
+    }
+
+    /// Calls `f` for every stored chunk with its size, in ID order. Stops early if `f`
+    /// returns false.
+    pub fn for_each(&self, f: impl FnMut(ChunkId, u64) -> bool) -> Result<()> {
+        self.walk_from(None, f)
+    }
+
+    fn walk_from(
+        &self,
+        after: Option<ChunkId>,
+        mut f: impl FnMut(ChunkId, u64) -> bool,
+    ) -> Result<()> {
+        let start = after.map(|a| a.0[0]).unwrap_or(0);
+        for b in start..=255u8 {
+            let dir = self.root.join("chunks").join(format!("{b:02x}"));
+            let mut entries: Vec<(ChunkId, u64)> = fs::read_dir(&dir)
+                .map_err(StoreError::io(format!("reading {}", dir.display())))?
+                .flatten()
+                .filter_map(|e| {
+                    let id: ChunkId = e.file_name().to_str()?.parse().ok()?;
+                    Some((id, e.metadata().ok()?.len()))
+                })
+                .filter(|(id, _)| after.is_none_or(|a| *id > a))
+                .collect();
+            entries.sort_unstable_by_key(|(id, _)| *id);
+            for (id, size) in entries {
+                if !f(id, size) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of the listing: up to `limit` chunks with IDs above `after`.
+    pub fn list_page(&self, after: Option<ChunkId>, limit: usize) -> Result<Vec<(ChunkId, u64)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.walk_from(after, |id, size| {
+            out.push((id, size));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Verifies every chunk, reading at most `rate` bytes per second (0: unlimited).
+    /// Corrupt chunks are quarantined and listed in the report.
+    pub fn scrub(&self, rate: u64) -> Result<ScrubReport> {
+        let mut ids = Vec::new();
+        self.for_each(|id, _| {
+            ids.push(id);
+            true
+        })?;
+        let mut report = ScrubReport::default();
+        let started = Instant::now();
+        for id in ids {
+            match self.get(&id) {
+                Ok(b) => report.bytes += b.len() as u64,
+                Err(StoreError::Corrupt { id, .. }) => report.corrupt.push(id),
+                Err(StoreError::NotFound(_)) => continue, // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+            report.checked += 1;
+            if rate > 0 {
+                let due = Duration::from_secs_f64(report.bytes as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Walks the chunks and compares the total with the counters. Drift is a bug: it is
+    /// logged loudly, reported as an event and corrected. Returns `None` when a change
+    /// raced with the walk (the result would be meaningless; try again later).
+    pub fn verify_counters(&self) -> Result<Option<Counters>> {
+        let before = self.lock().changes;
+        let mut actual = Counters::default();
+        self.for_each(|_, size| {
+            actual.used_bytes += size;
+            actual.chunks += 1;
+            true
+        })?;
+        let mut i = self.lock();
+        if i.changes != before {
+            return Ok(None);
+        }
+        if i.counters != actual {
+            let counted = i.counters;
+            error!(
+                ?counted,
+                ?actual,
+                "STORE ACCOUNTING DRIFT: counters disagreed with the chunks on disk; corrected (this is a bug, please report it)"
+            );
+            i.counters = actual;
+            drop(i);
+            let _ = self
+                .events
+                .send(StoreEvent::CounterDrift { counted, actual });
+            self.checkpoint()?;
+        }
+        Ok(Some(actual))
+    }
+
+    /// Deletes unpinned chunks, oldest first, while usage is above `high_percent` of the
+    /// quota, until it is at or below `low_percent`. Returns (chunks, bytes) freed.
+    pub fn gc(&self, high_percent: u64, low_percent: u64) -> Result<(u64, u64)> {
+        let (used, quota) = {
+            let i = self.lock();
+            (i.counters.used_bytes, i.quota)
+        };
+        if used * 100 <= quota * high_percent {
+            return Ok((0, 0));
+        }
+        let target = quota * low_percent / 100;
+        let mut candidates = Vec::new();
+        self.for_each(|id, _| {
+            if !self.is_pinned(&id)
+                && let Ok(m) = fs::metadata(self.chunk_path(&id))
+            {
+                candidates.push((m.mtime(), id));
+            }
+            true
+        })?;
+        candidates.sort_unstable();
+        let (mut n, mut freed) = (0, 0);
+        for (_, id) in candidates {
+            if used - freed <= target {
+                break;
+            }
+            match self.delete(&id) {
+                Ok(size) => {
+                    n += 1;
+                    freed += size;
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n > 0 {
+            info!(
+                chunks = n,
+                bytes = freed,
+                "garbage-collected unpinned chunks"
+            );
+        }
+        Ok((n, freed))
+    }
+
+    /// Stores a file: its chunks, then its manifest. Returns the file ID.
+    pub fn put_file<R: Read>(&self, reader: R, chunk_size: u32) -> Result<ChunkId> {
+        let m = manifest::split(reader, chunk_size, self.cfg.max_chunk, |c| {
+            self.put(c)
+                .map(|o| o.id())
+                .map_err(|e| ManifestError::Io(io::Error::other(e.to_string())))
+        })?;
+        Ok(self.put(&m.encode())?.id())
+    }
+
+    /// Like [`put_file`](Self::put_file) with `jobs` chunk writes in flight at once (a
+    /// bulk import on a disk that likes parallel writes). Memory stays at about `2 x jobs`
+    /// chunk buffers.
+    pub fn put_file_jobs<R: Read>(
+        &self,
+        mut reader: R,
+        chunk_size: u32,
+        jobs: usize,
+    ) -> Result<ChunkId> {
+        let jobs = jobs.max(1);
+        if jobs == 1 {
+            return self.put_file(reader, chunk_size);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(jobs);
+        let rx = Mutex::new(rx);
+        let results: Mutex<Vec<(usize, Result<ChunkId>)>> = Mutex::new(Vec::new());
+        let (count, size) = std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| {
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((index, buf)) = next else { return };
+                        let r = self.put(&buf).map(|o| o.id());
+                        results
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((index, r));
+                    }
+                });
+            }
+            let mut index = 0;
+            let mut size = 0u64;
+            let read = (|| -> io::Result<()> {
+                loop {
+                    let mut buf = vec![0u8; chunk_size as usize];
+                    let mut n = 0;
+                    while n < buf.len() {
+                        match reader.read(&mut buf[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.truncate(n);
+                    size += n as u64;
+                    if tx.send((index, buf)).is_err() {
+                        return Ok(());
+                    }
+                    index += 1;
+                    if n < chunk_size as usize {
+                        return Ok(());
+                    }
+                }
+            })();
+            drop(tx);
+            read.map(|()| (index, size))
+        })
+        .map_err(StoreError::io("reading the file"))?;
+        let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+        results.sort_unstable_by_key(|(i, _)| *i);
+        let mut chunks = Vec::with_capacity(count);
+        for (_, r) in results {
+            chunks.push(r?);
+        }
+        let m = Manifest {
+            ddc_manifest: manifest::VERSION,
+            size,
+            chunk_size,
+            chunks,
+        };
+        Ok(self.put(&m.encode())?.id())
+    }
+
+    /// Reads a file back by its manifest ID, verifying every chunk.
+    pub fn get_file<W: Write>(&self, file_id: &ChunkId, out: W) -> Result<u64> {
+        let m = Manifest::decode(&self.get(file_id)?)?;
+        Ok(manifest::join(&m, out, |index, id| {
+            self.get(id).map_err(|e| ManifestError::Fetch {
+                index,
+                id: *id,
+                message: e.to_string(),
+            })
+        })?)
+    }
+}
+
+/// Releases a quota reservation however the put ends.
+struct Reservation<'a> {
+    store: &'a Store,
+    size: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut i = self.store.lock();
+        i.reserved = i.reserved.saturating_sub(self.size);
+    }
+}
+
+fn lock_exclusive(path: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io(format!("opening {}", path.display())))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StoreError::Locked {
+            path: path.parent().unwrap_or(path).to_path_buf(),
+        });
+    }
+    Ok(f)
+}
+
+// The statvfs fields are 32-bit on armv7 and 64-bit elsewhere: the casts are not no-ops
+// on every target.
+#[allow(clippy::unnecessary_cast)]
+fn statvfs(path: &Path) -> Result<FsSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| StoreError::Io {
+        context: "statvfs".into(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid C string and `s` points to writable memory for one statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(StoreError::io(format!("statvfs {}", path.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let s = unsafe { s.assume_init() };
+    let frsize = s.f_frsize as u64;
+    Ok(FsSpace {
+        total: s.f_blocks as u64 * frsize,
+        free: s.f_bavail as u64 * frsize,
+    })
+}
+
+/// The store for async code: each call runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct AsyncStore(pub Arc<Store>);
+
+impl AsyncStore {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let s = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "store task".into(),
+                source: io::Error::other(e.to_string()),
+            })?
+    }
+
+    pub async fn put(&self, data: bytes::Bytes, expected: Option<ChunkId>) -> Result<PutOutcome> {
+        self.run(move |s| s.put_verified(&data, expected)).await
+    }
+
+    pub async fn get(&self, id: ChunkId) -> Result<bytes::Bytes> {
+        self.run(move |s| s.get(&id)).await
+    }
+
+    pub async fn has(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>> {
+        self.run(move |s| Ok(ids.iter().map(|id| s.has(id)).collect()))
+            .await
+    }
+
+    pub async fn delete(&self, id: ChunkId) -> Result<u64> {
+        self.run(move |s| s.delete(&id)).await
+    }
+
+    pub async fn list_page(
+        &self,
+        after: Option<ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, u64)>> {
+        self.run(move |s| s.list_page(after, limit)).await
+    }
+
+    pub async fn stat(&self) -> Result<Stat> {
+        self.run(|s| s.stat()).await
+    }
+
+    pub async fn scrub(&self, rate: u64) -> Result<ScrubReport> {
+        self.run(move |s| s.scrub(rate)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
