@@ -1,42 +1,324 @@
 //! `ddc-edge run`: wires the drivers to the core and runs until SIGINT or SIGTERM.
 //!
-//! Today the agent loads its config, reports what it is configured to offer, and waits for
-//! a signal; the sensor, store, MQTT and WebRTC drivers are started here as they land.
+//! Started here, in order: the node identity, the chunk store, the sensing thread, the
+//! controller (runtime settings and command execution), the embedded broker when
+//! configured, the MQTT session, and the tasks that publish health and events and answer
+//! commands. docs/architecture.md shows how data moves between them.
 
-use crate::config::LoadedConfig;
+use crate::config::{Broker, LoadedConfig};
+use crate::control::command::{Inbox, Outcome};
+use crate::control::{Controller, event};
+use crate::identity::Identity;
+use crate::mqtt::{broker, discovery, session, topics::Topics};
+use crate::sensors::monitor::Monitor;
+use crate::store::{Store, StoreConfig, StoreEvent};
 use anyhow::Context;
-use tracing::info;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
 
 pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
-    let cfg = &loaded.config;
-    crate::logging::init(&cfg.node.log);
+    crate::logging::init(&loaded.config.node.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(async {
-        // Handlers first: a signal that arrives while we start must still stop us cleanly.
-        let shutdown = shutdown_signal()?;
-        info!(version = env!("CARGO_PKG_VERSION"), config = %loaded.source, "ddc-edge starting");
-        info!(
-            board = %cfg.board.name,
-            data_dir = %cfg.storage.data_dir.display(),
-            quota = %cfg.storage.quota,
-            egress = %cfg.bandwidth.egress,
-            ingress = %cfg.bandwidth.ingress,
-            replication = %cfg.bandwidth.replication,
-            broker = %cfg.mqtt.broker,
-            sysfs_root = %cfg.sensors.sysfs_root.display(),
-            "configured"
+    rt.block_on(run_async(loaded))
+}
+
+async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while we start must still stop us cleanly.
+    let shutdown = shutdown_signal()?;
+    let cfg = Arc::new(loaded.config);
+    info!(version = env!("CARGO_PKG_VERSION"), config = %loaded.source, "ddc-edge starting");
+    let data_dir = &cfg.storage.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let identity = Arc::new(Identity::load_or_create(data_dir)?);
+    let store = Arc::new(Store::open(
+        data_dir,
+        StoreConfig::from_section(&cfg.storage),
+    )?);
+    info!(
+        node_id = identity.node_id(),
+        board = %cfg.board.name,
+        data_dir = %data_dir.display(),
+        quota = %cfg.storage.quota,
+        egress = %cfg.bandwidth.egress,
+        ingress = %cfg.bandwidth.ingress,
+        replication = %cfg.bandwidth.replication,
+        broker = %cfg.mqtt.broker,
+        sysfs_root = %cfg.sensors.sysfs_root.display(),
+        "configured"
+    );
+    let monitor = Monitor::spawn(&cfg).context("starting the sensor thread")?;
+    let (events_tx, events_rx) = mpsc::channel::<Value>(64);
+    let controller = Controller::new(
+        Arc::clone(&cfg),
+        Arc::clone(&identity),
+        monitor,
+        Arc::clone(&store),
+        events_tx,
+    )?;
+    spawn_store_maintenance(Arc::clone(&store), &cfg);
+
+    let embedded = match cfg.mqtt.broker {
+        Broker::Embedded => {
+            broker::start(cfg.mqtt.embedded_listen)?;
+            Some(cfg.mqtt.embedded_listen)
+        }
+        Broker::Url(_) => None,
+    };
+    let topics = Arc::new(Topics::new(
+        &cfg.mqtt.topic_prefix,
+        identity.node_id(),
+        &cfg.telemetry.discovery_prefix,
+    ));
+    let client_id = if cfg.mqtt.client_id.is_empty() {
+        format!("ddc-edge-{}", identity.node_id())
+    } else {
+        cfg.mqtt.client_id.clone()
+    };
+    let options = session::options(&cfg, &client_id, &topics.status, embedded)?;
+    let discovery_payload = cfg.telemetry.homeassistant.then(|| {
+        let name = if cfg.node.name.is_empty() {
+            sysinfo::System::host_name().unwrap_or_default()
+        } else {
+            cfg.node.name.clone()
+        };
+        serde_json::to_vec(&discovery::payload(
+            &topics,
+            identity.node_id(),
+            &name,
+            &cfg.board.name,
+            cfg.telemetry.interval.0,
+        ))
+        .expect("discovery serializes")
+    });
+    let discovery_payload = Arc::new(discovery_payload);
+
+    let on_connect: session::OnConnect = {
+        let (topics, controller, discovery_payload) = (
+            Arc::clone(&topics),
+            Arc::clone(&controller),
+            Arc::clone(&discovery_payload),
         );
-        let monitor =
-            crate::sensors::monitor::Monitor::spawn(cfg).context("starting the sensor thread")?;
-        let sig = shutdown.await;
-        drop(monitor);
-        info!(signal = sig, "shutting down");
-        anyhow::Ok(())
-    })
+        Arc::new(move |client: &AsyncClient| {
+            // Clean session: subscriptions and our retained state are restored on every
+            // ConnAck. try_* never waits, so the event loop cannot block on itself.
+            let _ = client.try_subscribe(&topics.cmd, QoS::AtLeastOnce);
+            if discovery_payload.is_some() {
+                let _ = client.try_subscribe(&topics.ha_status, QoS::AtMostOnce);
+            }
+            let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online");
+            publish_health(client, &topics, &controller);
+            if let Some(d) = discovery_payload.as_ref() {
+                let _ = client.try_publish(&topics.discovery, QoS::AtLeastOnce, true, d.clone());
+            }
+        })
+    };
+    let (incoming_tx, mut incoming_rx) = mpsc::channel(32);
+    let mqtt = session::Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, incoming_tx);
+    let client = mqtt.client.clone();
+
+    // Commands and Home Assistant's birth message.
+    {
+        let (client, topics, controller, discovery_payload) = (
+            client.clone(),
+            Arc::clone(&topics),
+            Arc::clone(&controller),
+            Arc::clone(&discovery_payload),
+        );
+        let mut inbox = Inbox::new(
+            &cfg.control.allowed_verbs,
+            cfg.control.max_age.0,
+            cfg.control.max_payload.0 as usize,
+        );
+        tokio::spawn(async move {
+            while let Some(p) = incoming_rx.recv().await {
+                if p.topic == topics.cmd {
+                    match inbox.accept(&p.payload, p.retain, crate::control::unix_now()) {
+                        Outcome::Execute(cmd) => {
+                            let reply = controller.execute(cmd).await;
+                            publish_json(&client, &topics.reply, &reply.to_json(), false).await;
+                        }
+                        Outcome::Reject(reply) => {
+                            let e = reply.result.as_ref().err();
+                            warn!(id = %reply.id, code = e.map(|e| e.code), message = e.map(|e| e.message.as_str()), "command rejected");
+                            publish_json(&client, &topics.reply, &reply.to_json(), false).await;
+                        }
+                        Outcome::Ignore(why) => warn!(reason = %why, "command ignored"),
+                    }
+                } else if p.topic == topics.ha_status {
+                    if &p.payload[..] == b"online"
+                        && let Some(d) = discovery_payload.as_ref()
+                    {
+                        debug!("Home Assistant came online; republishing discovery");
+                        let _ = client.try_publish(
+                            &topics.discovery,
+                            QoS::AtLeastOnce,
+                            true,
+                            d.clone(),
+                        );
+                    }
+                } else {
+                    debug!(topic = %p.topic, "unexpected MQTT message");
+                }
+            }
+        });
+    }
+
+    // Health on a timer and on level changes; events from every subsystem.
+    tokio::spawn(telemetry(
+        client.clone(),
+        Arc::clone(&topics),
+        Arc::clone(&controller),
+        events_rx,
+        cfg.telemetry.interval.0,
+    ));
+
+    let sig = shutdown.await;
+    info!(signal = sig, "shutting down");
+    mqtt.shutdown(&topics.status).await;
+    if let Err(e) = store.checkpoint() {
+        error!(error = %e, "final store checkpoint failed (the journal still has every change)");
+    }
+    Ok(())
+}
+
+fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) {
+    let health = serde_json::to_vec(&controller.health()).expect("health serializes");
+    if client
+        .try_publish(&topics.health, QoS::AtLeastOnce, true, health)
+        .is_err()
+    {
+        debug!("MQTT queue full; health dropped (the next one replaces it)");
+    }
+}
+
+async fn publish_json(client: &AsyncClient, topic: &str, v: &Value, retain: bool) {
+    let bytes = serde_json::to_vec(v).expect("JSON serializes");
+    // Bounded wait: while the broker is away the request queue fills up, and a reply that
+    // cannot be delivered soon is worthless.
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        client.publish(topic, QoS::AtLeastOnce, retain, bytes),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        _ => warn!(topic, "could not queue an MQTT message; dropped"),
+    }
+}
+
+async fn telemetry(
+    client: AsyncClient,
+    topics: Arc<Topics>,
+    controller: Arc<Controller>,
+    mut events: mpsc::Receiver<Value>,
+    interval: Duration,
+) {
+    let mut status = controller.monitor.status.clone();
+    let mut store_events = controller.store.subscribe();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut level = status.borrow().decision.level;
+    let emit = |v: Value| {
+        let bytes = serde_json::to_vec(&v).expect("event serializes");
+        if client
+            .try_publish(&topics.events, QoS::AtLeastOnce, false, bytes)
+            .is_err()
+        {
+            debug!("MQTT queue full; event dropped");
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => publish_health(&client, &topics, &controller),
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let (new_level, reasons, changes) = {
+                    let s = status.borrow_and_update();
+                    (s.decision.level, s.decision.reason_strings(), s.changes.clone())
+                };
+                for c in changes {
+                    match c.unavailable {
+                        Some(why) => emit(event("sensor_unavailable", json!({"sensor": c.sensor.as_str(), "reason": why.to_string()}))),
+                        None => emit(event("sensor_available", json!({"sensor": c.sensor.as_str()}))),
+                    }
+                }
+                if new_level != level {
+                    emit(event("level_changed", json!({"from": level.as_str(), "to": new_level.as_str(), "reasons": reasons})));
+                    level = new_level;
+                    publish_health(&client, &topics, &controller);
+                }
+            }
+            ev = store_events.recv() => match ev {
+                Ok(StoreEvent::ChunkCorrupt { id, size }) => emit(event("chunk_corrupt", json!({"id": id, "size": size}))),
+                Ok(StoreEvent::QuotaNearFull { used_bytes, quota_bytes }) => {
+                    emit(event("quota_near_full", json!({"used_bytes": used_bytes, "quota_bytes": quota_bytes})))
+                }
+                Ok(StoreEvent::CounterDrift { counted, actual }) => emit(event("store_counter_drift", json!({"counted": counted, "actual": actual}))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "store events dropped"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            Some(ev) = events.recv() => {
+                let is_state = ev.get("event").and_then(Value::as_str).is_some_and(|e| e == "replication_paused_by_operator" || e == "draining");
+                emit(ev);
+                if is_state {
+                    publish_health(&client, &topics, &controller);
+                }
+            }
+        }
+    }
+}
+
+/// Low-priority background work on the store: check the counters against the disk now
+/// and then, collect unpinned chunks above the high-water mark.
+fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
+    let (high, low) = (
+        cfg.storage.gc_high_percent as u64,
+        cfg.storage.gc_low_percent as u64,
+    );
+    let spawned = std::thread::Builder::new()
+        .name("store-maintenance".into())
+        .spawn(move || {
+            // Nice 19 for this thread only (Linux: PRIO_PROCESS with a thread id).
+            // SAFETY: plain syscalls on our own thread id.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            }
+            let mut round = 0u64;
+            loop {
+                std::thread::sleep(Duration::from_secs(600));
+                round += 1;
+                if let Err(e) = store.gc(high, low) {
+                    warn!(error = %e, "store GC failed");
+                }
+                if round % 36 == 1 {
+                    match store.verify_counters() {
+                        Ok(Some(c)) => debug!(
+                            used_bytes = c.used_bytes,
+                            chunks = c.chunks,
+                            "store counters verified"
+                        ),
+                        Ok(None) => debug!("store verification raced with writes; will retry"),
+                        Err(e) => warn!(error = %e, "store verification failed"),
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "store maintenance thread not started");
+    }
 }
 
 /// Installs SIGINT and SIGTERM handlers now and returns a future that resolves with the

@@ -59,6 +59,14 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Print this node's ID (creating its key in the data dir on first use).
+    Id {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Also print the public key, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take one sensor reading and print it with the replication level the throttle
     /// policy would choose from it.
     Sensors {
@@ -163,6 +171,18 @@ pub fn main() -> ExitCode {
         Command::Store { command, config } => {
             with_config(&config, |loaded| store_command(&loaded.config, command))
         }
+        Command::Id { config, json } => with_config(&config, |loaded| {
+            let id = crate::identity::Identity::load_or_create(&loaded.config.storage.data_dir)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"node_id": id.node_id(), "public_key": id.public_key_hex()})
+                );
+            } else {
+                println!("{}", id.node_id());
+            }
+            Ok(())
+        }),
         Command::Sensors { config, json } => with_config(&config, |loaded| {
             print_sensors(&loaded.config, json);
             Ok(())

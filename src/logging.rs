@@ -6,8 +6,15 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `RUST_LOG` wins over the config's `node.log`, so an
 /// operator can turn up one module without editing the file. Safe to call twice.
 pub fn init(config_filter: &str) {
+    // The embedded broker logs every connection at info; keep it to warnings unless the
+    // operator asks for it by name.
+    let quiet = if config_filter.contains("rumqttd") {
+        String::new()
+    } else {
+        ",rumqttd=off".into()
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(config_filter))
+        .or_else(|_| EnvFilter::try_new(format!("{config_filter}{quiet}")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

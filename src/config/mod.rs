@@ -32,6 +32,8 @@ pub struct Config {
     pub sensors: SensorsSection,
     pub throttle: ThrottleSection,
     pub mqtt: MqttSection,
+    pub telemetry: TelemetrySection,
+    pub control: ControlSection,
 }
 
 /// Which board profile a config was written from. Informational for the agent; the
@@ -283,6 +285,24 @@ pub struct MqttSection {
     pub broker: Broker,
     /// First level of every topic the agent uses.
     pub topic_prefix: String,
+    /// Empty: `ddc-edge-<node_id>`.
+    pub client_id: String,
+    pub username: String,
+    /// Inline password; prefer `password_file` (read at start, trailing newline dropped).
+    pub password: String,
+    pub password_file: PathBuf,
+    /// PEM CA bundle for `mqtts://`; empty uses the system roots (/etc/ssl/certs).
+    pub ca_file: PathBuf,
+    /// PEM client certificate and key for brokers that require them.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// MQTT keep-alive: how fast a dead link is noticed (and the last will fires).
+    pub keep_alive: HumanDuration,
+    /// Longest wait between reconnection attempts (jittered exponential backoff).
+    pub reconnect_max: HumanDuration,
+    /// Where the embedded broker listens when `broker = "embedded"`. Loopback by default:
+    /// a board should not expose an unauthenticated broker to its network.
+    pub embedded_listen: std::net::SocketAddr,
 }
 
 impl Default for MqttSection {
@@ -290,6 +310,62 @@ impl Default for MqttSection {
         MqttSection {
             broker: Broker::Embedded,
             topic_prefix: "ddc".into(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            keep_alive: HumanDuration(Duration::from_secs(30)),
+            reconnect_max: HumanDuration(Duration::from_secs(30)),
+            embedded_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1883)),
+        }
+    }
+}
+
+/// What the node reports and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Health is published this often, and at once when the throttle level changes.
+    pub interval: HumanDuration,
+    /// Publish Home Assistant device discovery.
+    pub homeassistant: bool,
+    pub discovery_prefix: String,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        TelemetrySection {
+            interval: HumanDuration(Duration::from_secs(30)),
+            homeassistant: true,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+/// Fleet control over MQTT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSection {
+    /// Verbs this node obeys; a fleet can switch off dangerous ones.
+    pub allowed_verbs: Vec<String>,
+    /// Commands carrying a `ts` older than this are ignored.
+    pub max_age: HumanDuration,
+    /// Larger command payloads are refused.
+    pub max_payload: ByteSize,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            allowed_verbs: crate::control::VERBS
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            max_age: HumanDuration(Duration::from_secs(60)),
+            max_payload: ByteSize(8 << 10),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! inbox (operator overrides), with nothing to poll. Consumers read the latest
 //! [`Status`] from a `watch` channel and are woken on every tick.
 
-use super::{Availability, Readings, Sensors, SourceNames};
+use super::{Availability, AvailabilityChange, Readings, Sensors, SourceNames};
 use crate::config::Config;
 use crate::throttle::{Decision, Level, Policy};
 use std::sync::{Arc, mpsc};
@@ -21,6 +21,8 @@ pub struct Status {
     pub readings: Readings,
     pub decision: Decision,
     pub sources: Arc<SourceNames>,
+    /// Sensors that became unavailable or recovered at this tick.
+    pub changes: heapless::Vec<AvailabilityChange, 3>,
 }
 
 /// Operator overrides, delivered to the policy between ticks.
@@ -102,7 +104,8 @@ fn tick(
     prev: Option<Level>,
 ) -> Status {
     let readings = sensors.read();
-    for change in availability.observe(&readings) {
+    let changes = availability.observe(&readings);
+    for change in &changes {
         match change.unavailable {
             Some(why) => {
                 warn!(sensor = change.sensor.as_str(), reason = %why, "sensor unavailable")
@@ -124,5 +127,6 @@ fn tick(
         readings,
         decision,
         sources: Arc::clone(sources),
+        changes,
     }
 }

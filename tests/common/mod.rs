@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary, wait for what it prints.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,312 @@
+//! Fleet control: the agent's runtime state that operators change over MQTT (limits,
+//! operator pause, draining, forced levels) and the execution of commands against it.
+//! Screening of raw payloads is pure and lives in [`command`]; persisted settings in
+//! [`settings`].
+
+pub mod command;
+pub mod settings;
+
+pub use command::VERBS;
+use command::{Command, ErrorReply, Reply, Verb};
+use settings::RuntimeSettings;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::mqtt::health::{self, HealthInputs};
+use crate::sensors::monitor::{self, Monitor};
+use crate::store::Store;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Bandwidth limits in force, for the data plane (0 = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BandwidthLimits {
+    pub egress_bps: u64,
+    pub ingress_bps: u64,
+}
+
+pub struct Controller {
+    cfg: Arc<Config>,
+    data_dir: PathBuf,
+    pub identity: Arc<Identity>,
+    pub monitor: Monitor,
+    pub store: Arc<Store>,
+    settings: Mutex<RuntimeSettings>,
+    started: Instant,
+    /// None where sysinfo cannot read the system (the figures are then reported as 0).
+    sys: Mutex<Option<sysinfo::System>>,
+    scrub_running: AtomicBool,
+    events: mpsc::Sender<Value>,
+    limits: watch::Sender<BandwidthLimits>,
+    /// True when replication should run at all (no operator pause).
+    pub replication_enabled: watch::Sender<bool>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An event for `<prefix>/nodes/<id>/events`.
+pub fn event(kind: &str, mut fields: Value) -> Value {
+    if let Value::Object(m) = &mut fields {
+        m.insert("event".into(), kind.into());
+        m.insert("ts".into(), unix_now().into());
+    }
+    fields
+}
+
+impl Controller {
+    pub fn new(
+        cfg: Arc<Config>,
+        identity: Arc<Identity>,
+        monitor: Monitor,
+        store: Arc<Store>,
+        events: mpsc::Sender<Value>,
+    ) -> Result<Arc<Controller>, settings::SettingsError> {
+        let data_dir = cfg.storage.data_dir.clone();
+        let s = RuntimeSettings::load(&data_dir)?;
+        if let Some(q) = s.quota_bytes {
+            info!(
+                quota_bytes = q,
+                config = cfg.storage.quota.0,
+                "quota set over MQTT (settings.json) overrides the config"
+            );
+            store.set_quota(q);
+        }
+        for (name, v) in [("egress_bps", s.egress_bps), ("ingress_bps", s.ingress_bps)] {
+            if let Some(v) = v {
+                info!(
+                    limit = name,
+                    value = v,
+                    "bandwidth limit set over MQTT (settings.json) overrides the config"
+                );
+            }
+        }
+        if s.replication_paused {
+            warn!(
+                "replication is paused by an operator (settings.json); resume_replication lifts it"
+            );
+        }
+        if s.draining {
+            warn!("node is draining (settings.json): no new data is accepted; undrain lifts it");
+        }
+        let limits = watch::Sender::new(Self::limits_of(&cfg, &s));
+        let replication_enabled = watch::Sender::new(!s.replication_paused);
+        let sys = sysinfo::System::new().ok().map(|mut s| {
+            s.refresh_cpu_usage();
+            s
+        });
+        Ok(Arc::new(Controller {
+            data_dir,
+            identity,
+            monitor,
+            store,
+            settings: Mutex::new(s),
+            started: Instant::now(),
+            sys: Mutex::new(sys),
+            scrub_running: AtomicBool::new(false),
+            events,
+            limits,
+            replication_enabled,
+            cfg,
+        }))
+    }
+
+    fn limits_of(cfg: &Config, s: &RuntimeSettings) -> BandwidthLimits {
+        BandwidthLimits {
+            egress_bps: s.egress_bps.unwrap_or(cfg.bandwidth.egress.0),
+            ingress_bps: s.ingress_bps.unwrap_or(cfg.bandwidth.ingress.0),
+        }
+    }
+
+    pub fn limits(&self) -> watch::Receiver<BandwidthLimits> {
+        self.limits.subscribe()
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, RuntimeSettings> {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn draining(&self) -> bool {
+        self.settings().draining
+    }
+
+    /// The health message (also the `status` reply). Gathers CPU, memory and disk figures.
+    pub fn health(&self) -> Value {
+        let status = self.monitor.status.borrow().clone();
+        let (cpu_load, mem_used, mem_total, rss) = {
+            let mut guard = self.sys.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.as_mut() {
+                Some(sys) => {
+                    sys.refresh_cpu_usage();
+                    sys.refresh_memory();
+                    let pid = sysinfo::Pid::from_u32(std::process::id());
+                    sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), false);
+                    let rss = sys.process(pid).map(|p| p.memory()).unwrap_or(0);
+                    (
+                        sys.global_cpu_usage() as f64,
+                        sys.used_memory(),
+                        sys.total_memory(),
+                        rss,
+                    )
+                }
+                None => (0.0, 0, 0, 0),
+            }
+        };
+        let s = self.settings().clone();
+        let limits = *self.limits.borrow();
+        let host;
+        let name = if self.cfg.node.name.is_empty() {
+            host = sysinfo::System::host_name().unwrap_or_default();
+            host.as_str()
+        } else {
+            self.cfg.node.name.as_str()
+        };
+        health::health(&HealthInputs {
+            node_id: self.identity.node_id(),
+            name,
+            board: &self.cfg.board.name,
+            public_key_hex: &self.identity.public_key_hex(),
+            ts: unix_now(),
+            uptime_s: self.started.elapsed().as_secs(),
+            sensors: &status,
+            cpu_load,
+            mem_used_bytes: mem_used,
+            mem_total_bytes: mem_total,
+            agent_rss_bytes: rss,
+            store: self.store.stat().ok(),
+            egress_limit_bps: limits.egress_bps,
+            ingress_limit_bps: limits.ingress_bps,
+            operator_paused: s.replication_paused,
+            draining: s.draining,
+            extra: Vec::new(),
+        })
+    }
+
+    fn update_settings(
+        &self,
+        f: impl FnOnce(&mut RuntimeSettings),
+    ) -> Result<RuntimeSettings, ErrorReply> {
+        let mut s = self.settings();
+        let mut next = s.clone();
+        f(&mut next);
+        next.save(&self.data_dir)
+            .map_err(|e| ErrorReply::new("internal", format!("persisting settings: {e}")))?;
+        *s = next.clone();
+        Ok(next)
+    }
+
+    pub async fn execute(self: &Arc<Self>, cmd: Command) -> Reply {
+        info!(id = %cmd.id, verb = ?cmd.verb, "command");
+        let result = self.run(cmd.verb).await;
+        if let Err(e) = &result {
+            warn!(id = %cmd.id, code = e.code, message = %e.message, "command failed");
+        }
+        Reply { id: cmd.id, result }
+    }
+
+    async fn run(self: &Arc<Self>, verb: Verb) -> Result<Value, ErrorReply> {
+        Ok(match verb {
+            Verb::Ping => {
+                json!({"pong": true, "node_id": self.identity.node_id(), "ts": unix_now()})
+            }
+            Verb::Status => self.health(),
+            Verb::PauseReplication | Verb::ResumeReplication => {
+                let paused = matches!(verb, Verb::PauseReplication);
+                self.update_settings(|s| s.replication_paused = paused)?;
+                self.replication_enabled.send_replace(!paused);
+                let _ = self.events.try_send(event(
+                    "replication_paused_by_operator",
+                    json!({"paused": paused}),
+                ));
+                json!({"replication": {"paused_by": health::paused_by(paused, self.monitor.status.borrow().decision.level)}})
+            }
+            Verb::SetLimits(l) => {
+                let s = self.update_settings(|s| {
+                    if l.egress_bps.is_some() {
+                        s.egress_bps = l.egress_bps;
+                    }
+                    if l.ingress_bps.is_some() {
+                        s.ingress_bps = l.ingress_bps;
+                    }
+                    if l.quota_bytes.is_some() {
+                        s.quota_bytes = l.quota_bytes;
+                    }
+                })?;
+                if let Some(q) = l.quota_bytes {
+                    self.store.set_quota(q);
+                }
+                let limits = Self::limits_of(&self.cfg, &s);
+                self.limits.send_replace(limits);
+                json!({
+                    "egress_bps": limits.egress_bps,
+                    "ingress_bps": limits.ingress_bps,
+                    "quota_bytes": s.quota_bytes.unwrap_or(self.cfg.storage.quota.0),
+                    "persisted": true,
+                })
+            }
+            Verb::ForceLevel {
+                level,
+                ttl,
+                over_sensors,
+            } => {
+                self.monitor
+                    .commands
+                    .send(monitor::Command::Force {
+                        level,
+                        ttl,
+                        over_sensors,
+                    })
+                    .map_err(|_| ErrorReply::new("internal", "sensor thread is not running"))?;
+                json!({"forced": level.as_str(), "ttl_s": ttl.as_secs(), "over_sensors": over_sensors})
+            }
+            Verb::ClearLevel => {
+                self.monitor
+                    .commands
+                    .send(monitor::Command::ClearForce)
+                    .map_err(|_| ErrorReply::new("internal", "sensor thread is not running"))?;
+                json!({"cleared": true})
+            }
+            Verb::Scrub => {
+                if self.scrub_running.swap(true, Ordering::SeqCst) {
+                    return Err(ErrorReply::new("busy", "a scrub is already running"));
+                }
+                let me = Arc::clone(self);
+                let rate = self.cfg.storage.scrub_rate.0;
+                tokio::task::spawn_blocking(move || {
+                    let r = me.store.scrub(rate);
+                    me.scrub_running.store(false, Ordering::SeqCst);
+                    let ev = match r {
+                        Ok(r) => event(
+                            "scrub_finished",
+                            json!({"checked": r.checked, "bytes": r.bytes, "corrupt": r.corrupt}),
+                        ),
+                        Err(e) => event("scrub_failed", json!({"error": e.to_string()})),
+                    };
+                    let _ = me.events.try_send(ev);
+                });
+                json!({"started": true, "rate_bps": rate})
+            }
+            Verb::Drain | Verb::Undrain => {
+                let draining = matches!(verb, Verb::Drain);
+                self.update_settings(|s| s.draining = draining)?;
+                let st = self
+                    .store
+                    .stat()
+                    .map_err(|e| ErrorReply::new("internal", e.to_string()))?;
+                let _ = self
+                    .events
+                    .try_send(event("draining", json!({"draining": draining})));
+                json!({"draining": draining, "progress": {"chunks_held": st.chunks, "bytes_held": st.used_bytes}})
+            }
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! The MQTT connection: drives rumqttc's event loop, reconnects with jittered backoff,
+//! and on every ConnAck runs the caller's `on_connect` (resubscribe, republish retained
+//! state: with a clean session the broker forgets subscriptions on each reconnect).
+//!
+//! Incoming publishes go to a bounded channel; if the agent falls behind, new ones are
+//! dropped with a warning rather than stalling the event loop (which would stop
+//! keep-alives and make the broker fire our last will).
+
+use super::backoff::Backoff;
+use crate::config::{Broker, Config};
+use anyhow::Context;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS, Transport,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+pub type OnConnect = Arc<dyn Fn(&AsyncClient) + Send + Sync>;
+
+/// Handle to the running session.
+pub struct Session {
+    pub client: AsyncClient,
+    /// True while connected.
+    pub connected: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Connection settings resolved from the config.
+pub fn options(
+    cfg: &Config,
+    client_id: &str,
+    status_topic: &str,
+    embedded: Option<std::net::SocketAddr>,
+) -> anyhow::Result<MqttOptions> {
+    let m = &cfg.mqtt;
+    let (host, port, tls) = match (&m.broker, embedded) {
+        (_, Some(addr)) => (addr.ip().to_string(), addr.port(), false),
+        (Broker::Url(u), None) => (u.host.clone(), u.port, u.tls),
+        (Broker::Embedded, None) => anyhow::bail!("embedded broker address missing"),
+    };
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(m.keep_alive.0)
+        .set_clean_session(true)
+        // Discovery and signaling payloads exceed rumqttc's 10 KiB default.
+        .set_max_packet_size(256 << 10, 256 << 10)
+        .set_request_channel_capacity(64)
+        .set_last_will(LastWill::new(
+            status_topic,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    let password = if !m.password_file.as_os_str().is_empty() {
+        std::fs::read_to_string(&m.password_file)
+            .with_context(|| format!("mqtt.password_file: {}", m.password_file.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string()
+    } else {
+        m.password.clone()
+    };
+    if !m.username.is_empty() {
+        o.set_credentials(m.username.clone(), password);
+    }
+    if tls {
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(super::tls::client_config(m)?),
+        ));
+    }
+    Ok(o)
+}
+
+impl Session {
+    pub fn spawn(
+        options: MqttOptions,
+        reconnect_max: Duration,
+        on_connect: OnConnect,
+        incoming: mpsc::Sender<Publish>,
+    ) -> Session {
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (connected_tx, connected) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            reconnect_max,
+            on_connect,
+            incoming,
+            connected_tx,
+            stop_rx,
+        ));
+        Session {
+            client,
+            connected,
+            stop,
+            task,
+        }
+    }
+
+    /// Clean shutdown: publish the retained `offline` ourselves (the last will only fires
+    /// on an unclean disconnect), disconnect, and wait briefly for both to go out.
+    pub async fn shutdown(self, status_topic: &str) {
+        let _ = self
+            .client
+            .try_publish(status_topic, QoS::AtLeastOnce, true, "offline");
+        let _ = self.client.try_disconnect();
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.task).await;
+    }
+}
+
+fn random_fraction() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    reconnect_max: Duration,
+    on_connect: OnConnect,
+    incoming: mpsc::Sender<Publish>,
+    connected: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), reconnect_max);
+    let mut down_since: Option<std::time::Instant> = None;
+    let mut dropped = 0u64;
+    loop {
+        let stopping = *stop.borrow();
+        let event = if stopping {
+            // Flush the offline publish and the disconnect, then end.
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        } else {
+            tokio::select! {
+                e = eventloop.poll() => e,
+                _ = stop.changed() => continue,
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                match down_since.take() {
+                    Some(t) => info!(after_s = t.elapsed().as_secs(), "MQTT reconnected"),
+                    None => info!(session_present = ack.session_present, "MQTT connected"),
+                }
+                backoff.reset();
+                let _ = connected.send(true);
+                on_connect(&client);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if incoming.try_send(p).is_err() {
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        warn!(
+                            dropped,
+                            "agent is behind on incoming MQTT messages; dropping"
+                        );
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = connected.send(false);
+                if down_since.is_none() {
+                    warn!(error = %e, "MQTT connection lost; reconnecting with backoff (sensing and serving go on)");
+                    down_since = Some(std::time::Instant::now());
+                } else {
+                    debug!(error = %e, "MQTT reconnect failed");
+                }
+                let wait = backoff.next(random_fraction());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! Health and fleet control over a real mosquitto, driven by a real MQTT client.
+
+mod common;
+use common::mosquitto::{Mosquitto, Probe};
+use common::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Node {
+    agent: Running,
+    id: String,
+    dir: tempfile::TempDir,
+}
+
+fn node_id(data_dir: &Path) -> String {
+    let o = run(&[
+        "id",
+        "--config",
+        "/dev/null",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/sysfs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn start_agent(broker: &str, dir: &Path, extra: &[&str]) -> Running {
+    let mut args: Vec<String> = [
+        "run",
+        "--config",
+        "/dev/null",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--broker",
+        broker,
+        "--sysfs-root",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(fixture("pi4-mains"));
+    for s in [
+        "telemetry.interval=1s",
+        "sensors.interval=500ms",
+        "mqtt.keep_alive=5s",
+    ] {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    for s in extra {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let mut a = Running::spawn(bin().args(&args));
+    a.wait_for("MQTT connected", T);
+    a
+}
+
+fn node(m: &Mosquitto, extra: &[&str]) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let agent = start_agent(&m.url(), dir.path(), extra);
+    Node { agent, id, dir }
+}
+
+fn topic(id: &str, leaf: &str) -> String {
+    format!("ddc/nodes/{id}/{leaf}")
+}
+
+/// A probe on `subs`, returned once the node's `online` status is seen. The agent
+/// subscribes to its command topic before it publishes `online` on the same connection,
+/// so from then on commands reach it.
+fn ready_probe(m: &Mosquitto, id: &str, subs: &[&str]) -> Probe {
+    let status = topic(id, "status");
+    let mut all: Vec<&str> = subs.to_vec();
+    all.push(&status);
+    let mut p = Probe::connect(m.port, &all);
+    p.wait("online status", T, |x| {
+        x.topic == status && x.text() == "online"
+    });
+    p
+}
+
+/// Sends a command and waits for its reply.
+fn command(p: &mut Probe, id: &str, cmd_id: &str, body: Value) -> Value {
+    let mut body = body;
+    body["id"] = json!(cmd_id);
+    p.publish(&topic(id, "cmd"), serde_json::to_vec(&body).unwrap(), false);
+    let reply_topic = topic(id, "reply");
+    let m = p.wait_new(&format!("reply to {cmd_id}"), T, |m| {
+        m.topic == reply_topic && m.json()["id"] == cmd_id
+    });
+    m.json()
+}
+
+#[test]
+fn status_health_and_discovery_are_published() {
+    let m = Mosquitto::start();
+    let n = node(&m, &[]);
+    let mut p = ready_probe(&m, &n.id, &["ddc/#", "homeassistant/#"]);
+    // A late subscriber gets the status as a retained message.
+    let mut late = Probe::connect(m.port, &[&topic(&n.id, "status")]);
+    let status = late.wait("retained online status", T, |x| {
+        x.topic == topic(&n.id, "status")
+    });
+    assert_eq!(status.text(), "online");
+    assert!(status.retain, "status must be retained");
+    let h = p
+        .wait("health", T, |x| x.topic == topic(&n.id, "health"))
+        .json();
+    for key in [
+        "node_id",
+        "ts",
+        "version",
+        "uptime_s",
+        "cpu_temp_c",
+        "battery_percent",
+        "on_battery",
+        "undervoltage",
+        "level",
+        "reasons",
+        "cpu_load",
+        "mem_used_bytes",
+    ] {
+        assert!(h.get(key).is_some(), "health lacks {key}: {h}");
+    }
+    assert_eq!(h["node_id"], n.id.as_str());
+    assert_eq!(h["cpu_temp_c"], 48.3);
+    assert_eq!(h["battery_percent"], Value::Null);
+    assert_eq!(h["on_battery"], false);
+    assert_eq!(h["level"], "full");
+    for key in ["offered_bytes", "used_bytes", "free_bytes"] {
+        assert!(h["disk"][key].is_u64(), "disk.{key}: {h}");
+    }
+    assert!(h["bandwidth"]["egress_limit_bps"].is_u64());
+    assert!(h["bandwidth"]["ingress_limit_bps"].is_u64());
+    assert_eq!(h["replication"]["paused_by"], Value::Null);
+    assert!(h["ts"].as_u64().unwrap() > 1_700_000_000);
+
+    let disc_topic = format!("homeassistant/device/ddc_{}/config", n.id);
+    let d = p.wait("discovery", T, |x| x.topic == disc_topic).json();
+    let mut late = Probe::connect(m.port, &[&disc_topic]);
+    assert!(
+        late.wait("retained discovery", T, |x| x.topic == disc_topic)
+            .retain,
+        "discovery must be retained"
+    );
+    assert_eq!(d["availability_topic"], topic(&n.id, "status"));
+    assert_eq!(d["state_topic"], topic(&n.id, "health"));
+    assert_eq!(d["cmps"]["undervoltage"]["device_class"], "problem");
+    // Home Assistant restarts: discovery is sent again.
+    p.publish("homeassistant/status", "online", false);
+    p.wait_new("discovery after HA birth", T, |x| x.topic == disc_topic);
+
+    // A second health within the interval (telemetry every 1 s).
+    p.wait_new("periodic health", Duration::from_secs(5), |x| {
+        x.topic == topic(&n.id, "health")
+    });
+}
+
+#[test]
+fn every_verb_replies_and_limits_survive_a_restart() {
+    let m = Mosquitto::start();
+    let mut n = node(&m, &[]);
+    let mut p = ready_probe(&m, &n.id, &["ddc/#"]);
+    let id = n.id.clone();
+
+    let r = command(&mut p, &id, "p1", json!({"cmd": "ping"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["pong"], true);
+
+    let r = command(&mut p, &id, "s1", json!({"cmd": "status"}));
+    assert_eq!(r["result"]["node_id"], id.as_str());
+    assert_eq!(r["result"]["level"], "full");
+
+    let r = command(&mut p, &id, "pause", json!({"cmd": "pause_replication"}));
+    assert_eq!(r["result"]["replication"]["paused_by"], "operator", "{r}");
+    let h = p
+        .wait("health after pause", T, |x| {
+            x.topic == topic(&id, "health") && x.json()["replication"]["paused_by"] == "operator"
+        })
+        .json();
+    assert_eq!(h["replication"]["paused_by"], "operator");
+    // An operator pause holds against a `full` policy.
+    assert_eq!(h["level"], "full");
+
+    let r = command(
+        &mut p,
+        &id,
+        "force",
+        json!({"cmd": "force_level", "args": {"level": "paused", "ttl_s": 600}}),
+    );
+    assert_eq!(r["result"]["forced"], "paused", "{r}");
+    // Events and replies go out from different tasks: either may arrive first.
+    let ev = p.wait("level_changed event", T, |x| {
+        x.topic == topic(&id, "events") && x.json()["event"] == "level_changed"
+    });
+    assert_eq!(ev.json()["to"], "paused");
+    assert!(!ev.retain, "events are not retained");
+    let r = command(&mut p, &id, "clear", json!({"cmd": "clear_level"}));
+    assert_eq!(r["result"]["cleared"], true);
+    p.wait("level back to full", T, |x| {
+        x.topic == topic(&id, "events")
+            && x.json()["event"] == "level_changed"
+            && x.json()["to"] == "full"
+    });
+
+    let r = command(&mut p, &id, "resume", json!({"cmd": "resume_replication"}));
+    assert_eq!(r["result"]["replication"]["paused_by"], Value::Null);
+
+    let r = command(
+        &mut p,
+        &id,
+        "lim",
+        json!({"cmd": "set_limits", "args": {"egress_bps": 1000000, "quota_bytes": 500000000}}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["egress_bps"], 1000000);
+    assert_eq!(r["result"]["quota_bytes"], 500000000);
+    let h = p
+        .wait("health with new limits", T, |x| {
+            x.topic == topic(&id, "health") && x.json()["disk"]["offered_bytes"] == 500000000
+        })
+        .json();
+    assert_eq!(h["bandwidth"]["egress_limit_bps"], 1000000);
+    assert_eq!(h["disk"]["offered_bytes"], 500000000);
+
+    let r = command(&mut p, &id, "scrub", json!({"cmd": "scrub"}));
+    assert_eq!(r["result"]["started"], true, "{r}");
+    let ev = p.wait("scrub_finished", T, |x| {
+        x.topic == topic(&id, "events") && x.json()["event"] == "scrub_finished"
+    });
+    assert_eq!(ev.json()["corrupt"], json!([]));
+
+    let r = command(&mut p, &id, "drain", json!({"cmd": "drain"}));
+    assert_eq!(r["result"]["draining"], true, "{r}");
+    assert!(r["result"]["progress"]["chunks_held"].is_u64());
+    let r = command(&mut p, &id, "undrain", json!({"cmd": "undrain"}));
+    assert_eq!(r["result"]["draining"], false);
+
+    // Restart: the limits set over MQTT are kept.
+    n.agent.signal(libc::SIGTERM);
+    assert!(n.agent.wait_exit(T).success());
+    n.agent = start_agent(&m.url(), n.dir.path(), &[]);
+    n.agent.wait_for("bandwidth limit set over MQTT", T);
+    let h = p
+        .wait_new("health from the restarted agent", T, |x| {
+            x.topic == topic(&id, "health") && x.json()["uptime_s"].as_u64() < Some(3)
+        })
+        .json();
+    assert_eq!(h["bandwidth"]["egress_limit_bps"], 1000000);
+    assert_eq!(h["disk"]["offered_bytes"], 500000000);
+}
+
+#[test]
+fn bad_commands_get_errors_and_never_stop_the_agent() {
+    let m = Mosquitto::start();
+    let mut n = node(
+        &m,
+        &["control.allowed_verbs=[\"ping\",\"status\",\"set_limits\"]"],
+    );
+    let mut p = ready_probe(&m, &n.id, &["ddc/#"]);
+    let id = n.id.clone();
+    let cmd = topic(&id, "cmd");
+    let reply = topic(&id, "reply");
+    let err = |p: &mut Probe, cid: &str, body: Value| -> Value {
+        let r = command(p, &id, cid, body);
+        assert_eq!(r["ok"], false, "{r}");
+        r["error"].clone()
+    };
+    assert_eq!(
+        err(&mut p, "u", json!({"cmd": "reboot"}))["code"],
+        "unknown_verb"
+    );
+    assert_eq!(
+        err(&mut p, "f", json!({"cmd": "drain"}))["code"],
+        "forbidden"
+    );
+    let e = err(
+        &mut p,
+        "t",
+        json!({"cmd": "set_limits", "args": {"egress_bps": "fast"}}),
+    );
+    assert_eq!(e["code"], "bad_args");
+    assert!(
+        e["message"].as_str().unwrap().contains("args.egress_bps"),
+        "{e}"
+    );
+    assert_eq!(
+        err(&mut p, "x", json!({"cmd": "ping", "ts": 1}))["code"],
+        "expired"
+    );
+    assert_eq!(
+        err(
+            &mut p,
+            "big",
+            json!({"cmd": "ping", "pad": "x".repeat(10_000)})
+        )["code"],
+        "too_large"
+    );
+
+    // No id to answer: logged, no reply.
+    p.publish(&cmd, "this is not json", false);
+    n.agent.wait_for("command ignored", T);
+    p.publish(&cmd, r#"{"cmd":"ping"}"#, false);
+    // A retained command is never acted on, now or on reconnect.
+    p.publish(&cmd, r#"{"id":"ret","cmd":"ping"}"#, true);
+    // A duplicate id is ignored.
+    let r = command(&mut p, &id, "dup", json!({"cmd": "ping"}));
+    assert_eq!(r["ok"], true);
+    p.publish(&cmd, r#"{"id":"dup","cmd":"ping"}"#, false);
+    let extra = p.drain_for(Duration::from_secs(2));
+    let replies: Vec<Value> = extra
+        .iter()
+        .filter(|m| m.topic == reply)
+        .map(|m| m.json())
+        .collect();
+    assert!(replies.is_empty(), "unexpected replies: {replies:?}");
+    p.publish(&cmd, "", true); // clear the retained command
+
+    // Still alive and answering.
+    let r = command(&mut p, &id, "alive", json!({"cmd": "ping"}));
+    assert_eq!(r["ok"], true);
+    assert!(n.agent.child.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn sigkill_makes_the_broker_publish_offline() {
+    let m = Mosquitto::start();
+    let n = node(&m, &[]);
+    let mut p = Probe::connect(m.port, &["ddc/nodes/+/status"]);
+    p.wait("online", T, |x| {
+        x.topic == topic(&n.id, "status") && x.text() == "online"
+    });
+    n.agent.signal(libc::SIGKILL);
+    let off = p.wait_new("last will offline", T, |x| {
+        x.topic == topic(&n.id, "status")
+    });
+    assert_eq!(off.text(), "offline");
+    // Retained for anyone who looks later.
+    let mut late = Probe::connect(m.port, &[&topic(&n.id, "status")]);
+    let r = late.wait("retained offline", T, |x| x.topic == topic(&n.id, "status"));
+    assert_eq!((r.text().as_str(), r.retain), ("offline", true));
+}
+
+#[test]
+fn clean_shutdown_publishes_offline() {
+    let m = Mosquitto::start();
+    let mut n = node(&m, &[]);
+    let mut p = Probe::connect(m.port, &["ddc/nodes/+/status"]);
+    p.wait("online", T, |x| {
+        x.topic == topic(&n.id, "status") && x.text() == "online"
+    });
+    n.agent.signal(libc::SIGTERM);
+    let off = p.wait_new("offline on shutdown", T, |x| {
+        x.topic == topic(&n.id, "status")
+    });
+    assert_eq!(off.text(), "offline");
+    assert!(n.agent.wait_exit(T).success());
+}
+
+#[test]
+fn broker_outage_of_10s_is_survived_without_a_restart() {
+    let mut m = Mosquitto::start();
+    let mut n = node(&m, &[]);
+    let pid = n.agent.child.id();
+    m.stop();
+    n.agent.wait_for("MQTT connection lost", T);
+    std::thread::sleep(Duration::from_secs(10));
+    m.restart();
+    let back = Instant::now();
+    // mosquitto runs without persistence: everything retained must be republished.
+    let mut p = Probe::connect(m.port, &["ddc/#", "homeassistant/#"]);
+    let cap = Duration::from_secs(30 + 5);
+    let s = p.wait("status after reconnect", cap, |x| {
+        x.topic == topic(&n.id, "status")
+    });
+    assert_eq!(s.text(), "online");
+    p.wait("health after reconnect", cap, |x| {
+        x.topic == topic(&n.id, "health")
+    });
+    p.wait("discovery after reconnect", cap, |x| {
+        x.topic.starts_with("homeassistant/device/")
+    });
+    assert!(back.elapsed() <= cap, "took {:?}", back.elapsed());
+    assert_eq!(n.agent.child.id(), pid);
+    assert!(
+        n.agent.child.try_wait().unwrap().is_none(),
+        "the agent restarted or died"
+    );
+    n.agent.wait_for("MQTT reconnected", T);
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (scripts/prereqs.sh installs it)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1/localhost, made for this test.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ddc-edge test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn tls_to_the_broker_with_a_ca_made_by_the_test() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let tls_port = common::mosquitto::free_port();
+    let extra = format!(
+        "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    // The first listener stays plain for the probe; the agent uses the TLS one.
+    let m = Mosquitto::start_with(&extra);
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let mut p = Probe::connect(m.port, &["ddc/nodes/+/status"]);
+    let ca_set = format!("mqtt.ca_file={}", ca.display());
+    let _agent = start_agent(
+        &format!("mqtts://localhost:{tls_port}"),
+        dir.path(),
+        &[&ca_set],
+    );
+    let s = p.wait("online over TLS", T, |x| x.topic == topic(&id, "status"));
+    assert_eq!(s.text(), "online");
+
+    // A CA that did not sign the server's certificate: no connection.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = make_certs(other.path());
+    let dir2 = tempfile::tempdir().unwrap();
+    let wrong = format!("mqtt.ca_file={}", wrong_ca.display());
+    let mut args: Vec<String> = [
+        "run",
+        "--config",
+        "/dev/null",
+        "--data-dir",
+        dir2.path().to_str().unwrap(),
+        "--broker",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("mqtts://localhost:{tls_port}"));
+    args.extend(["--set".into(), wrong]);
+    let mut bad = Running::spawn(bin().args(&args));
+    let line = bad.wait_for("MQTT connection lost", T);
+    assert!(
+        line.to_lowercase().contains("certificate") || line.to_lowercase().contains("tls"),
+        "{line}"
+    );
+}
