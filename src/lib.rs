@@ -9,6 +9,7 @@
 //! Drivers and wiring: [`agent`], [`cli`], [`fsutil`], [`logging`].
 
 pub mod agent;
+pub mod bandwidth;
 pub mod boards;
 pub mod cli;
 pub mod config;
@@ -17,7 +18,9 @@ pub mod fsutil;
 pub mod identity;
 pub mod logging;
 pub mod mqtt;
+pub mod protocol;
 pub mod sensors;
+pub mod signaling;
 pub mod store;
 pub mod throttle;
 pub mod units;
