@@ -5,13 +5,16 @@
 //! configured, the MQTT session, and the tasks that publish health and events and answer
 //! commands. docs/architecture.md shows how data moves between them.
 
+use crate::bandwidth::Limiter;
 use crate::config::{Broker, LoadedConfig};
 use crate::control::command::{Inbox, Outcome};
 use crate::control::{Controller, event};
+use crate::dataplane::node::NodeServer;
+use crate::dataplane::signal::Signal;
 use crate::identity::Identity;
 use crate::mqtt::{broker, discovery, session, topics::Topics};
 use crate::sensors::monitor::Monitor;
-use crate::store::{Store, StoreConfig, StoreEvent};
+use crate::store::{AsyncStore, Store, StoreConfig, StoreEvent};
 use anyhow::Context;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
@@ -84,7 +87,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
     } else {
         cfg.mqtt.client_id.clone()
     };
-    let options = session::options(&cfg, &client_id, &topics.status, embedded)?;
+    let options = session::options(&cfg, &client_id, Some(topics.status.as_str()), embedded)?;
     let discovery_payload = cfg.telemetry.homeassistant.then(|| {
         let name = if cfg.node.name.is_empty() {
             sysinfo::System::host_name().unwrap_or_default()
@@ -112,6 +115,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             // Clean session: subscriptions and our retained state are restored on every
             // ConnAck. try_* never waits, so the event loop cannot block on itself.
             let _ = client.try_subscribe(&topics.cmd, QoS::AtLeastOnce);
+            let _ = client.try_subscribe(&topics.signal, QoS::AtLeastOnce);
             if discovery_payload.is_some() {
                 let _ = client.try_subscribe(&topics.ha_status, QoS::AtMostOnce);
             }
@@ -122,9 +126,42 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             }
         })
     };
-    let (incoming_tx, mut incoming_rx) = mpsc::channel(32);
+    let (incoming_tx, mut incoming_rx) = mpsc::channel(64);
     let mqtt = session::Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, incoming_tx);
     let client = mqtt.client.clone();
+
+    // The data plane: offers arrive on our signal topic.
+    let (offers_tx, offers_rx) = mpsc::channel(16);
+    let signal = Signal::new(
+        Arc::clone(&identity),
+        client.clone(),
+        &cfg.mqtt.topic_prefix,
+        topics.signal.clone(),
+        Some(offers_tx),
+    );
+    let (egress_rate, ingress_rate) = bandwidth_watches(&controller);
+    let server = NodeServer::new(
+        &cfg,
+        Arc::clone(&signal),
+        AsyncStore(Arc::clone(&store)),
+        controller.draining.subscribe(),
+        Arc::new(Limiter::cap(egress_rate)),
+        Arc::new(Limiter::cap(ingress_rate)),
+    );
+    {
+        let counters = Arc::clone(&server.counters);
+        controller.add_health_section("dataplane", move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "peers": counters.peers.load(Relaxed),
+                "egress_bytes": counters.egress_bytes.load(Relaxed),
+                "ingress_bytes": counters.ingress_bytes.load(Relaxed),
+                "requests": counters.requests.load(Relaxed),
+                "refused_peers": counters.refused_peers.load(Relaxed),
+            })
+        });
+    }
+    tokio::spawn(Arc::clone(&server).run(offers_rx));
 
     // Commands and Home Assistant's birth message.
     {
@@ -141,7 +178,9 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         );
         tokio::spawn(async move {
             while let Some(p) = incoming_rx.recv().await {
-                if p.topic == topics.cmd {
+                if p.topic == topics.signal {
+                    signal.on_message(&p.payload);
+                } else if p.topic == topics.cmd {
                     match inbox.accept(&p.payload, p.retain, crate::control::unix_now()) {
                         Outcome::Execute(cmd) => {
                             let reply = controller.execute(cmd).await;
@@ -184,11 +223,32 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let sig = shutdown.await;
     info!(signal = sig, "shutting down");
-    mqtt.shutdown(&topics.status).await;
+    mqtt.shutdown(Some(&topics.status)).await;
     if let Err(e) = store.checkpoint() {
         error!(error = %e, "final store checkpoint failed (the journal still has every change)");
     }
     Ok(())
+}
+
+/// Egress and ingress rates as their own watch channels, following `set_limits`.
+fn bandwidth_watches(
+    controller: &Controller,
+) -> (
+    tokio::sync::watch::Receiver<u64>,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let mut limits = controller.limits();
+    let first = *limits.borrow();
+    let (etx, erx) = tokio::sync::watch::channel(first.egress_bps);
+    let (itx, irx) = tokio::sync::watch::channel(first.ingress_bps);
+    tokio::spawn(async move {
+        while limits.changed().await.is_ok() {
+            let l = *limits.borrow();
+            etx.send_replace(l.egress_bps);
+            itx.send_replace(l.ingress_bps);
+        }
+    });
+    (erx, irx)
 }
 
 fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) {

@@ -59,6 +59,31 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Store a file on nodes over WebRTC; prints its file ID on the last line.
+    Put {
+        file: PathBuf,
+        /// Node to store on (repeatable); default: the online node with the most room.
+        #[arg(long = "to", value_name = "NODE_ID")]
+        to: Vec<String>,
+        /// This client's key (created on first use).
+        #[arg(long, value_name = "PATH")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Fetch a file by ID over WebRTC, verifying every chunk.
+    Get {
+        id: String,
+        #[arg(short, long, value_name = "OUT")]
+        out: PathBuf,
+        /// Node to fetch from (repeatable); default: every online node.
+        #[arg(long = "from", value_name = "NODE_ID")]
+        from: Vec<String>,
+        #[arg(long, value_name = "PATH")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Print this node's ID (creating its key in the data dir on first use).
     Id {
         #[command(flatten)]
@@ -171,6 +196,34 @@ pub fn main() -> ExitCode {
         Command::Store { command, config } => {
             with_config(&config, |loaded| store_command(&loaded.config, command))
         }
+        Command::Put {
+            file,
+            to,
+            key,
+            config,
+        } => with_config(&config, |loaded| {
+            client_runtime(&loaded.config, |cfg| async move {
+                let key = key.unwrap_or_else(crate::transfer::default_key_path);
+                let id = crate::transfer::put(&cfg, &key, &file, &to).await?;
+                println!("{id}");
+                Ok(())
+            })
+        }),
+        Command::Get {
+            id,
+            out,
+            from,
+            key,
+            config,
+        } => with_config(&config, |loaded| {
+            let id: crate::store::ChunkId = id.parse()?;
+            client_runtime(&loaded.config, |cfg| async move {
+                let key = key.unwrap_or_else(crate::transfer::default_key_path);
+                let n = crate::transfer::get(&cfg, &key, &id, &out, &from).await?;
+                eprintln!("wrote {n} bytes to {}", out.display());
+                Ok(())
+            })
+        }),
         Command::Id { config, json } => with_config(&config, |loaded| {
             let id = crate::identity::Identity::load_or_create(&loaded.config.storage.data_dir)?;
             if json {
@@ -438,4 +491,18 @@ fn store_command(cfg: &Config, cmd: StoreCommand) -> anyhow::Result<()> {
     }
     store.checkpoint()?;
     Ok(())
+}
+
+/// Runs a client command on a small runtime, logging warnings (RUST_LOG overrides).
+fn client_runtime<F, Fut>(cfg: &Config, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    crate::logging::init("warn");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(f(cfg.clone()))
 }

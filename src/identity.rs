@@ -49,7 +49,22 @@ pub fn verify(public_key: &[u8], message: &[u8], sig: &[u8]) -> bool {
 impl Identity {
     /// Loads `<data_dir>/node.key`, creating it (mode 0600) if absent.
     pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
-        let path = data_dir.join(KEY_FILE);
+        Self::load_or_create_file(&data_dir.join(KEY_FILE))
+    }
+
+    /// Loads a key file, creating it (mode 0600, and its directory) if absent.
+    pub fn load_or_create_file(path: &Path) -> Result<Identity, IdentityError> {
+        let path = path.to_path_buf();
+        let data_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let data_dir = data_dir.as_path();
+        let key_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| KEY_FILE.into());
         let io_err = |source| IdentityError::Io {
             path: path.clone(),
             source,
@@ -72,7 +87,7 @@ impl Identity {
                 let rng = SystemRandom::new();
                 let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
                     .map_err(|_| io_err(io::Error::other("the system random generator failed")))?;
-                let tmp = data_dir.join(format!(".{KEY_FILE}.tmp-{}", std::process::id()));
+                let tmp = data_dir.join(format!(".{key_name}.tmp-{}", std::process::id()));
                 let write = || -> io::Result<()> {
                     let mut f = fs::OpenOptions::new()
                         .write(true)
@@ -89,7 +104,7 @@ impl Identity {
                 if let Err(e) = write() {
                     let _ = fs::remove_file(&tmp);
                     if e.kind() == io::ErrorKind::AlreadyExists {
-                        return Self::load_or_create(data_dir);
+                        return Self::load_or_create_file(&path);
                     }
                     return Err(io_err(e));
                 }

@@ -6,15 +6,8 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `RUST_LOG` wins over the config's `node.log`, so an
 /// operator can turn up one module without editing the file. Safe to call twice.
 pub fn init(config_filter: &str) {
-    // The embedded broker logs every connection at info; keep it to warnings unless the
-    // operator asks for it by name.
-    let quiet = if config_filter.contains("rumqttd") {
-        String::new()
-    } else {
-        ",rumqttd=off".into()
-    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{config_filter}{quiet}")))
+        .or_else(|_| EnvFilter::try_new(with_quiet_dependencies(config_filter)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -22,4 +15,24 @@ pub fn init(config_filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// The embedded broker and the WebRTC stack log routine events (every connection, every
+/// stray STUN packet) at info and warn; keep them to errors unless the operator names
+/// them in the filter.
+fn with_quiet_dependencies(filter: &str) -> String {
+    let mut f = filter.to_string();
+    for (target, level) in [
+        ("rumqttd", "off"),
+        ("webrtc", "error"),
+        ("rtc", "error"),
+        ("rtc_ice", "error"),
+        ("rtc_dtls", "error"),
+        ("rtc_sctp", "error"),
+    ] {
+        if !filter.contains(target) {
+            f.push_str(&format!(",{target}={level}"));
+        }
+    }
+    f
 }

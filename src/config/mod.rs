@@ -34,6 +34,8 @@ pub struct Config {
     pub mqtt: MqttSection,
     pub telemetry: TelemetrySection,
     pub control: ControlSection,
+    pub webrtc: WebrtcSection,
+    pub security: SecuritySection,
 }
 
 /// Which board profile a config was written from. Informational for the agent; the
@@ -492,6 +494,79 @@ mod tests {
             "mqtt://u:p@h",
         ] {
             assert!(bad.parse::<Broker>().is_err(), "{bad}");
+        }
+    }
+}
+
+/// The data plane: WebRTC peer connections and their bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebrtcSection {
+    /// STUN/TURN servers, e.g. `{ urls = ["stun:stun.example:3478"] }` or
+    /// `{ urls = ["turn:turn.example:3478"], username = "u", credential = "p" }`.
+    pub ice_servers: Vec<IceServer>,
+    /// Local UDP addresses to bind (host candidates); `0.0.0.0:0` is every interface.
+    pub bind: Vec<String>,
+    /// Peer connections served at once; more are refused.
+    pub max_peers: u16,
+    /// Requests in flight per channel.
+    pub max_inflight: u16,
+    /// Largest data-channel message we send (capped by what the peer negotiated).
+    pub max_message: ByteSize,
+    /// Per-channel send buffer: bytes handed to WebRTC but not yet acknowledged.
+    pub send_buffer: ByteSize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// Signaling plus ICE plus DTLS must finish within this.
+    pub connect_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+impl Default for WebrtcSection {
+    fn default() -> Self {
+        WebrtcSection {
+            ice_servers: Vec::new(),
+            bind: vec!["0.0.0.0:0".into()],
+            max_peers: 16,
+            max_inflight: 8,
+            max_message: ByteSize(64 << 10),
+            send_buffer: ByteSize(1 << 20),
+            idle_timeout: HumanDuration(Duration::from_secs(120)),
+            connect_timeout: HumanDuration(Duration::from_secs(20)),
+        }
+    }
+}
+
+/// Who may read and write the node's store over the data plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Anyone who can signal to the node may write (private networks and development).
+    pub open_writes: bool,
+    /// Ed25519 public keys (64 hex characters, as `ddc-edge id --json` prints) allowed
+    /// to write and delete.
+    pub allowed_writers: Vec<String>,
+    /// Anyone may read.
+    pub open_reads: bool,
+    pub allowed_readers: Vec<String>,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        // The built-in development default is open so a first try and the demo work;
+        // the agent says so at start. Board profiles and the package are closed.
+        SecuritySection {
+            open_writes: true,
+            allowed_writers: Vec::new(),
+            open_reads: true,
+            allowed_readers: Vec::new(),
         }
     }
 }

@@ -45,7 +45,14 @@ pub struct Controller {
     limits: watch::Sender<BandwidthLimits>,
     /// True when replication should run at all (no operator pause).
     pub replication_enabled: watch::Sender<bool>,
+    /// True while the node accepts no new data.
+    pub draining: watch::Sender<bool>,
+    /// Health sections contributed by other subsystems (data plane, replication).
+    extras: Mutex<Vec<HealthSection>>,
 }
+
+/// A named section of the health message, computed when health is published.
+pub type HealthSection = (&'static str, Box<dyn Fn() -> Value + Send + Sync>);
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -100,6 +107,7 @@ impl Controller {
         }
         let limits = watch::Sender::new(Self::limits_of(&cfg, &s));
         let replication_enabled = watch::Sender::new(!s.replication_paused);
+        let draining = watch::Sender::new(s.draining);
         let sys = sysinfo::System::new().ok().map(|mut s| {
             s.refresh_cpu_usage();
             s
@@ -116,6 +124,8 @@ impl Controller {
             events,
             limits,
             replication_enabled,
+            draining,
+            extras: Mutex::new(Vec::new()),
             cfg,
         }))
     }
@@ -135,8 +145,20 @@ impl Controller {
         self.settings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn draining(&self) -> bool {
+    pub fn is_draining(&self) -> bool {
         self.settings().draining
+    }
+
+    /// Adds a section to every health message from now on.
+    pub fn add_health_section(
+        &self,
+        name: &'static str,
+        f: impl Fn() -> Value + Send + Sync + 'static,
+    ) {
+        self.extras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, Box::new(f)));
     }
 
     /// The health message (also the `status` reply). Gathers CPU, memory and disk figures.
@@ -187,7 +209,13 @@ impl Controller {
             ingress_limit_bps: limits.ingress_bps,
             operator_paused: s.replication_paused,
             draining: s.draining,
-            extra: Vec::new(),
+            extra: self
+                .extras
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, f)| (*k, f()))
+                .collect(),
         })
     }
 
@@ -298,6 +326,7 @@ impl Controller {
             Verb::Drain | Verb::Undrain => {
                 let draining = matches!(verb, Verb::Drain);
                 self.update_settings(|s| s.draining = draining)?;
+                self.draining.send_replace(draining);
                 let st = self
                     .store
                     .stat()

@@ -28,11 +28,12 @@ pub struct Session {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Connection settings resolved from the config.
+/// Connection settings resolved from the config. `last_will`: the status topic of a node
+/// (`offline` is published there if it vanishes); `None` for a client.
 pub fn options(
     cfg: &Config,
     client_id: &str,
-    status_topic: &str,
+    last_will: Option<&str>,
     embedded: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<MqttOptions> {
     let m = &cfg.mqtt;
@@ -46,13 +47,10 @@ pub fn options(
         .set_clean_session(true)
         // Discovery and signaling payloads exceed rumqttc's 10 KiB default.
         .set_max_packet_size(256 << 10, 256 << 10)
-        .set_request_channel_capacity(64)
-        .set_last_will(LastWill::new(
-            status_topic,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        .set_request_channel_capacity(64);
+    if let Some(topic) = last_will {
+        o.set_last_will(LastWill::new(topic, "offline", QoS::AtLeastOnce, true));
+    }
     let password = if !m.password_file.as_os_str().is_empty() {
         std::fs::read_to_string(&m.password_file)
             .with_context(|| format!("mqtt.password_file: {}", m.password_file.display()))?
@@ -99,12 +97,15 @@ impl Session {
         }
     }
 
-    /// Clean shutdown: publish the retained `offline` ourselves (the last will only fires
-    /// on an unclean disconnect), disconnect, and wait briefly for both to go out.
-    pub async fn shutdown(self, status_topic: &str) {
-        let _ = self
-            .client
-            .try_publish(status_topic, QoS::AtLeastOnce, true, "offline");
+    /// Clean shutdown: publish the retained `offline` ourselves on `status_topic` (the
+    /// last will only fires on an unclean disconnect; clients pass `None`), disconnect,
+    /// and wait briefly for both to go out.
+    pub async fn shutdown(self, status_topic: Option<&str>) {
+        if let Some(t) = status_topic {
+            let _ = self
+                .client
+                .try_publish(t, QoS::AtLeastOnce, true, "offline");
+        }
         let _ = self.client.try_disconnect();
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(3), self.task).await;

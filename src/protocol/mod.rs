@@ -22,6 +22,9 @@ pub const LABEL: &str = "ddc-chunks/1";
 pub const DATA_HEADER: usize = 5;
 /// Most IDs in one HAS request.
 pub const MAX_HAS: usize = 1024;
+/// Uploads a node buffers at once per channel; a client keeps at most this many PUTs
+/// in flight (more are answered `busy`).
+pub const MAX_PUTS: u16 = 2;
 /// Most entries in one LIST page.
 pub const MAX_LIST: usize = 1024;
 

@@ -1,0 +1,163 @@
+//! Signaling over MQTT: our envelopes out, theirs in, each routed to its session.
+//!
+//! Every node listens on `<prefix>/nodes/<id>/signal`; a client listens on
+//! `<prefix>/clients/<id>/signal` and names it as `reply_to` in its offers. An offer for
+//! an unknown session goes to the serving side; anything else goes to the session that
+//! registered its id, and only if it comes from the peer that session talks to, so a
+//! third party cannot inject candidates or a `bye` into someone else's connection.
+
+use crate::identity::Identity;
+use crate::signaling::{Envelope, Kind, ReplayGuard};
+use rumqttc::{AsyncClient, QoS};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub fn node_topic(prefix: &str, node_id: &str) -> String {
+    format!("{prefix}/nodes/{node_id}/signal")
+}
+
+pub fn client_topic(prefix: &str, id: &str) -> String {
+    format!("{prefix}/clients/{id}/signal")
+}
+
+struct Route {
+    peer: String,
+    tx: mpsc::Sender<Envelope>,
+}
+
+pub struct Signal {
+    pub identity: Arc<Identity>,
+    client: AsyncClient,
+    pub prefix: String,
+    /// Where peers reach us.
+    pub my_topic: String,
+    guard: Mutex<ReplayGuard>,
+    sessions: Mutex<HashMap<String, Route>>,
+    offers: Option<mpsc::Sender<Envelope>>,
+}
+
+impl Signal {
+    /// `offers`: where new offers go (the serving side); `None` for a pure client.
+    pub fn new(
+        identity: Arc<Identity>,
+        client: AsyncClient,
+        prefix: &str,
+        my_topic: String,
+        offers: Option<mpsc::Sender<Envelope>>,
+    ) -> Arc<Signal> {
+        Arc::new(Signal {
+            identity,
+            client,
+            prefix: prefix.to_string(),
+            my_topic,
+            guard: Mutex::new(ReplayGuard::default()),
+            sessions: Mutex::new(HashMap::new()),
+            offers,
+        })
+    }
+
+    /// Handles one payload from our signal topic. Bad or foreign messages are dropped and
+    /// logged; nothing here can fail the agent.
+    pub fn on_message(&self, payload: &[u8]) {
+        let now = crate::control::unix_now();
+        let opened = {
+            let mut g = self.guard.lock().unwrap_or_else(|p| p.into_inner());
+            Envelope::open(payload, self.identity.node_id(), now, &mut g)
+        };
+        let e = match opened {
+            Ok(e) => e,
+            Err(why) => {
+                warn!(reason = %why, "signaling message dropped");
+                return;
+            }
+        };
+        let route = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions
+                .get(&e.session)
+                .map(|r| (r.peer.clone(), r.tx.clone()))
+        };
+        match route {
+            Some((peer, tx)) => {
+                if peer != e.from {
+                    warn!(session = %e.session, from = %e.from, "signaling message for another peer's session dropped");
+                    return;
+                }
+                if tx.try_send(e).is_err() {
+                    debug!("session is not keeping up with signaling; message dropped");
+                }
+            }
+            None if e.kind == Kind::Offer => match &self.offers {
+                Some(offers) => {
+                    if offers.try_send(e).is_err() {
+                        warn!("too many pending offers; one dropped");
+                    }
+                }
+                None => debug!("offer received by a client; ignored"),
+            },
+            None => {
+                debug!(session = %e.session, kind = ?e.kind, "signaling for an unknown session dropped")
+            }
+        }
+    }
+
+    /// Routes messages of `session` from `peer` to the returned receiver.
+    pub fn register(&self, session: &str, peer: &str) -> mpsc::Receiver<Envelope> {
+        let (tx, rx) = mpsc::channel(32);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                session.to_string(),
+                Route {
+                    peer: peer.to_string(),
+                    tx,
+                },
+            );
+        rx
+    }
+
+    pub fn unregister(&self, session: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session);
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Signs and publishes a message to `to` on `topic`.
+    pub async fn send(&self, to: &str, topic: &str, kind: Kind, session: &str, body: String) {
+        let e = Envelope::sign(
+            &self.identity,
+            kind,
+            to,
+            session,
+            &self.my_topic,
+            body,
+            crate::control::unix_now(),
+        );
+        let publish = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, e.to_json());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), publish).await {
+            Ok(Ok(())) => {}
+            _ => warn!(topic, "could not queue a signaling message"),
+        }
+    }
+}
+
+/// A random session id (128 bits, hex).
+pub fn new_session_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
