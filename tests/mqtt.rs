@@ -15,56 +15,10 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
-fn node_id(data_dir: &Path) -> String {
-    let o = run(&[
-        "id",
-        "--config",
-        "/dev/null",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o).trim().to_string()
-}
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/sysfs/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn start_agent(broker: &str, dir: &Path, extra: &[&str]) -> Running {
-    let mut args: Vec<String> = [
-        "run",
-        "--config",
-        "/dev/null",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--broker",
-        broker,
-        "--sysfs-root",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(fixture("pi4-mains"));
-    for s in [
-        "telemetry.interval=1s",
-        "sensors.interval=500ms",
-        "mqtt.keep_alive=5s",
-    ] {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
-    for s in extra {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
-    let mut a = Running::spawn(bin().args(&args));
-    a.wait_for("MQTT connected", T);
-    a
-}
-
 fn node(m: &Mosquitto, extra: &[&str]) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let id = node_id(dir.path());
-    let agent = start_agent(&m.url(), dir.path(), extra);
+    let agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), extra);
     Node { agent, id, dir }
 }
 
@@ -246,7 +200,7 @@ fn every_verb_replies_and_limits_survive_a_restart() {
     // Restart: the limits set over MQTT are kept.
     n.agent.signal(libc::SIGTERM);
     assert!(n.agent.wait_exit(T).success());
-    n.agent = start_agent(&m.url(), n.dir.path(), &[]);
+    n.agent = start_agent(&m.url(), n.dir.path(), &fixture("pi4-mains"), &[]);
     n.agent.wait_for("bandwidth limit set over MQTT", T);
     let h = p
         .wait_new("health from the restarted agent", T, |x| {
@@ -500,6 +454,7 @@ fn tls_to_the_broker_with_a_ca_made_by_the_test() {
     let _agent = start_agent(
         &format!("mqtts://localhost:{tls_port}"),
         dir.path(),
+        &fixture("pi4-mains"),
         &[&ca_set],
     );
     let s = p.wait("online over TLS", T, |x| x.topic == topic(&id, "status"));

@@ -129,3 +129,58 @@ pub fn write(path: &Path, text: &str) {
     }
     std::fs::write(path, text).unwrap();
 }
+
+/// The node ID of a data dir (creating its key).
+pub fn node_id(data_dir: &Path) -> String {
+    let o = run(&[
+        "id",
+        "--config",
+        "/dev/null",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/sysfs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Settings every test agent uses: fast telemetry and sensing, loopback-only WebRTC.
+pub const TEST_SETS: &[&str] = &[
+    "telemetry.interval=1s",
+    "sensors.interval=500ms",
+    "mqtt.keep_alive=5s",
+    "webrtc.bind=[\"127.0.0.1:0\"]",
+];
+
+/// Starts `ddc-edge run` on `broker` with the test settings plus `extra` `--set`s, and
+/// waits until it is connected.
+pub fn start_agent(broker: &str, dir: &Path, sysfs: &str, extra: &[&str]) -> Running {
+    let mut args: Vec<String> = [
+        "run",
+        "--config",
+        "/dev/null",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--broker",
+        broker,
+        "--sysfs-root",
+        sysfs,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for s in TEST_SETS.iter().chain(extra) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let mut a = Running::spawn(bin().args(&args));
+    a.wait_for("MQTT connected", Duration::from_secs(30));
+    a
+}
+
+/// True when the tests run under qemu (cross-compiled): big transfers are scaled down.
+pub fn emulated() -> bool {
+    std::env::var("DDC_EDGE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
