@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     crate::logging::init(&loaded.config.node.log);
+    limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -378,6 +379,18 @@ fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
         });
     if let Err(e) = spawned {
         warn!(error = %e, "store maintenance thread not started");
+    }
+}
+
+/// glibc gives each thread that allocates its own malloc arena and rarely returns their
+/// memory; with tokio's worker and blocking threads that fragmentation was most of the
+/// agent's RSS under load (8 concurrent transfers: 67 MB with the default, 47 MB with two
+/// arenas, `cargo bench --bench dataplane`). musl has no arenas.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

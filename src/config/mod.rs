@@ -519,6 +519,9 @@ pub struct WebrtcSection {
     pub idle_timeout: HumanDuration,
     /// Signaling plus ICE plus DTLS must finish within this.
     pub connect_timeout: HumanDuration,
+    /// Receive and send buffer asked for on each WebRTC UDP socket (capped by the
+    /// kernel's net.core.rmem_max / wmem_max).
+    pub udp_buffer: ByteSize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -537,9 +540,10 @@ impl Default for WebrtcSection {
             max_peers: 16,
             max_inflight: 8,
             max_message: ByteSize(64 << 10),
-            send_buffer: ByteSize(1 << 20),
+            send_buffer: ByteSize(2 << 20),
             idle_timeout: HumanDuration(Duration::from_secs(120)),
             connect_timeout: HumanDuration(Duration::from_secs(20)),
+            udp_buffer: ByteSize(4 << 20),
         }
     }
 }

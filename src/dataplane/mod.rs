@@ -17,6 +17,9 @@ pub mod signal;
 
 use crate::config::Config;
 use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +28,9 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
     RTCPeerConnectionState, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+};
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime,
 };
 
 /// Peer-connection settings resolved from `[webrtc]`.
@@ -35,6 +41,8 @@ pub struct RtcSettings {
     pub send_buffer: usize,
     pub max_message: u32,
     pub connect_timeout: Duration,
+    /// SO_RCVBUF / SO_SNDBUF asked for on every WebRTC UDP socket.
+    pub udp_buffer: usize,
 }
 
 impl RtcSettings {
@@ -54,6 +62,7 @@ impl RtcSettings {
             send_buffer: w.send_buffer.0 as usize,
             max_message: w.max_message.0 as u32,
             connect_timeout: w.connect_timeout.0,
+            udp_buffer: w.udp_buffer.0 as usize,
         }
     }
 
@@ -124,7 +133,9 @@ pub async fn new_peer_connection(
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(s.ice_servers.clone())
         .build();
+    let runtime = tuned_runtime(s.udp_buffer)?;
     let pc = PeerConnectionBuilder::new()
+        .with_runtime(runtime)
         .with_configuration(config)
         .with_setting_engine(setting)
         .with_handler(handler)
@@ -142,6 +153,123 @@ pub async fn new_peer_connection(
             data_channels,
         },
     ))
+}
+
+/// The tokio runtime webrtc would use, but with larger UDP socket buffers.
+///
+/// A 1 MiB chunk leaves as a burst of ~900 datagrams. With the kernel's default 208 KiB
+/// receive buffer the tail of a burst is dropped at the receiver (`RcvbufErrors` rises),
+/// and a loss at the end of a short transfer is only recovered by SCTP's retransmission
+/// timeout, a full second: the stall seen on single-chunk GETs. Bigger socket buffers
+/// absorb the burst. The kernel caps the request at `net.core.rmem_max` /
+/// `net.core.wmem_max`; the package raises those (docs/deploy.md).
+fn tuned_runtime(buffer: usize) -> anyhow::Result<Arc<dyn Runtime>> {
+    let inner = webrtc::runtime::default_runtime()
+        .ok_or_else(|| anyhow::anyhow!("no tokio runtime for WebRTC"))?;
+    Ok(Arc::new(TunedRuntime { inner, buffer }))
+}
+
+#[derive(Debug)]
+struct TunedRuntime {
+    inner: Arc<dyn Runtime>,
+    buffer: usize,
+}
+
+static WARNED_BUFFER: std::sync::Once = std::sync::Once::new();
+
+fn set_buffer(fd: std::os::fd::RawFd, opt: libc::c_int, want: usize) -> usize {
+    let v = want.min(i32::MAX as usize) as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: setsockopt/getsockopt on a socket we own, with a c_int-sized value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            len,
+        );
+        let mut got: libc::c_int = 0;
+        let mut got_len = len;
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &mut got as *mut libc::c_int as *mut libc::c_void,
+            &mut got_len,
+        );
+        // Linux reports double the usable size.
+        got.max(0) as usize / 2
+    }
+}
+
+impl Runtime for TunedRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        self.inner.spawn(future)
+    }
+    fn spawn_reactor(
+        &self,
+        n: usize,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn JoinHandle> {
+        self.inner.spawn_reactor(n, future)
+    }
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+        use std::os::fd::AsRawFd;
+        let fd = socket.as_raw_fd();
+        let rcv = set_buffer(fd, libc::SO_RCVBUF, self.buffer);
+        let snd = set_buffer(fd, libc::SO_SNDBUF, self.buffer);
+        if rcv < self.buffer / 2 || snd < self.buffer / 2 {
+            WARNED_BUFFER.call_once(|| {
+                tracing::info!(
+                    wanted = self.buffer,
+                    receive = rcv,
+                    send = snd,
+                    "UDP socket buffers capped by the kernel; raise net.core.rmem_max and net.core.wmem_max for faster short transfers"
+                )
+            });
+        }
+        self.inner.wrap_udp_socket(socket)
+    }
+    fn wrap_tcp_listener(
+        &self,
+        l: std::net::TcpListener,
+    ) -> std::io::Result<Arc<dyn AsyncTcpListener>> {
+        self.inner.wrap_tcp_listener(l)
+    }
+    fn connect_tcp<'a>(
+        &'a self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        self.inner.connect_tcp(addr)
+    }
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        self.inner.resolve_host(host)
+    }
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.inner.sleep(d)
+    }
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        self.inner.interval(period)
+    }
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        self.inner.block_on(future)
+    }
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.inner.yield_now()
+    }
+    fn name(&self) -> &'static str {
+        "tokio (tuned UDP buffers)"
+    }
 }
 
 /// Waits until ICE gathering completes (or `timeout`), so a description carries its
