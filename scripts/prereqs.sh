@@ -9,6 +9,7 @@ APT_PACKAGES=(
   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
   qemu-user binutils
   mosquitto mosquitto-clients openssl
+  python3 python3-venv
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 
@@ -27,6 +28,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # mosquitto's package starts a system broker on 1883; the tests start their own on free
 # ports, so the system one is neither needed nor in the way.
+
+# Python peer for the interop test (aiortc), in a venv under target/ so the system
+# Python is left alone. Pinned to the versions the test was written against.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -x "$here/target/pyenv/bin/python" ] || ! "$here/target/pyenv/bin/python" -c 'import aiortc, paho.mqtt' 2>/dev/null; then
+  echo "== creating the Python environment for the interop test (target/pyenv)"
+  mkdir -p "$here/target"
+  python3 -m venv "$here/target/pyenv"
+  "$here/target/pyenv/bin/pip" install -q --disable-pip-version-check aiortc==1.16.0 paho-mqtt==2.2.0
+fi
 
 installed_targets=$(rustup target list --installed)
 for t in "${RUST_TARGETS[@]}"; do

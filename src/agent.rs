@@ -9,10 +9,11 @@ use crate::bandwidth::Limiter;
 use crate::config::{Broker, LoadedConfig};
 use crate::control::command::{Inbox, Outcome};
 use crate::control::{Controller, event};
-use crate::dataplane::node::NodeServer;
+use crate::dataplane::node::{NodeServer, ReplicationServing};
 use crate::dataplane::signal::Signal;
 use crate::identity::Identity;
 use crate::mqtt::{broker, discovery, session, topics::Topics};
+use crate::replication::{self, Replicator, membership::Membership};
 use crate::sensors::monitor::Monitor;
 use crate::store::{AsyncStore, Store, StoreConfig, StoreEvent};
 use anyhow::Context;
@@ -117,6 +118,8 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             // ConnAck. try_* never waits, so the event loop cannot block on itself.
             let _ = client.try_subscribe(&topics.cmd, QoS::AtLeastOnce);
             let _ = client.try_subscribe(&topics.signal, QoS::AtLeastOnce);
+            let _ = client.try_subscribe(&topics.all_status, QoS::AtLeastOnce);
+            let _ = client.try_subscribe(&topics.all_health, QoS::AtMostOnce);
             if discovery_payload.is_some() {
                 let _ = client.try_subscribe(&topics.ha_status, QoS::AtMostOnce);
             }
@@ -141,6 +144,27 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         Some(offers_tx),
     );
     let (egress_rate, ingress_rate) = bandwidth_watches(&controller);
+    // Replication: the fleet view from retained status/health, and the budget the
+    // throttle level and the operator pause scale.
+    let membership = Arc::new(std::sync::Mutex::new(Membership::default()));
+    let replication_budget = Arc::new(Limiter::paused(replication_budget_watch(
+        &controller,
+        cfg.bandwidth.replication.0,
+    )));
+    let replication_stats = Arc::new(replication::Stats::default());
+    let serving = ReplicationServing {
+        is_node: {
+            let membership = Arc::clone(&membership);
+            Box::new(move |id: &str| {
+                membership
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_member(id)
+            })
+        },
+        budget: Arc::clone(&replication_budget),
+        stats: Arc::clone(&replication_stats),
+    };
     let server = NodeServer::new(
         &cfg,
         Arc::clone(&signal),
@@ -148,7 +172,26 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         controller.draining.subscribe(),
         Arc::new(Limiter::cap(egress_rate)),
         Arc::new(Limiter::cap(ingress_rate)),
+        Some(serving),
     );
+    let replicator = if cfg.replication.factor > 1 {
+        let r = Replicator::new(
+            &cfg,
+            identity.node_id(),
+            Arc::clone(&store),
+            Arc::clone(&signal),
+            Arc::clone(&membership),
+            Arc::clone(&replication_budget),
+            Arc::clone(&replication_stats),
+        )?;
+        let health = Arc::clone(&r);
+        controller.add_health_section("replication", move || health.health());
+        tokio::spawn(Arc::clone(&r).run());
+        Some(r)
+    } else {
+        info!("replication.factor is 1: no replication");
+        None
+    };
     {
         let counters = Arc::clone(&server.counters);
         controller.add_health_section("dataplane", move || {
@@ -172,6 +215,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             Arc::clone(&controller),
             Arc::clone(&discovery_payload),
         );
+        let (membership, replicator) = (Arc::clone(&membership), replicator.clone());
         let mut inbox = Inbox::new(
             &cfg.control.allowed_verbs,
             cfg.control.max_age.0,
@@ -181,6 +225,26 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             while let Some(p) = incoming_rx.recv().await {
                 if p.topic == topics.signal {
                     signal.on_message(&p.payload);
+                } else if let Some(id) = topics.node_of(&p.topic, "status") {
+                    let changed = {
+                        let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
+                        let g = m.generation();
+                        m.on_status(id, &p.payload);
+                        m.generation() != g
+                    };
+                    if changed && let Some(r) = &replicator {
+                        r.membership_changed();
+                    }
+                } else if let Some(id) = topics.node_of(&p.topic, "health") {
+                    let changed = {
+                        let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
+                        let g = m.generation();
+                        m.on_health(id, &p.payload);
+                        m.generation() != g
+                    };
+                    if changed && let Some(r) = &replicator {
+                        r.membership_changed();
+                    }
                 } else if p.topic == topics.cmd {
                     match inbox.accept(&p.payload, p.retain, crate::control::unix_now()) {
                         Outcome::Execute(cmd) => {
@@ -229,6 +293,37 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         error!(error = %e, "final store checkpoint failed (the journal still has every change)");
     }
     Ok(())
+}
+
+/// The replication budget in bytes per second: `bandwidth.replication` times the
+/// throttle level's factor, and zero while an operator has paused replication. Follows
+/// both at once, so a level change reaches transfers in flight within one sensor tick.
+fn replication_budget_watch(
+    controller: &Controller,
+    configured: u64,
+) -> tokio::sync::watch::Receiver<u64> {
+    let mut status = controller.monitor.status.clone();
+    let mut enabled = controller.replication_enabled.subscribe();
+    let rate = move |factor: f64, enabled: bool| {
+        if enabled {
+            (configured as f64 * factor) as u64
+        } else {
+            0
+        }
+    };
+    let first = rate(status.borrow().decision.factor, *enabled.borrow());
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = status.changed() => if r.is_err() { return },
+                r = enabled.changed() => if r.is_err() { return },
+            }
+            let r = rate(status.borrow().decision.factor, *enabled.borrow());
+            tx.send_if_modified(|v| std::mem::replace(v, r) != r);
+        }
+    });
+    rx
 }
 
 /// Egress and ingress rates as their own watch channels, following `set_limits`.

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod logging;
 pub mod mqtt;
 pub mod protocol;
+pub mod replication;
 pub mod sensors;
 pub mod signaling;
 pub mod store;

@@ -36,6 +36,7 @@ pub struct Config {
     pub control: ControlSection,
     pub webrtc: WebrtcSection,
     pub security: SecuritySection,
+    pub replication: ReplicationSection,
 }
 
 /// Which board profile a config was written from. Informational for the agent; the
@@ -571,6 +572,29 @@ impl Default for SecuritySection {
             allowed_writers: Vec::new(),
             open_reads: true,
             allowed_readers: Vec::new(),
+        }
+    }
+}
+
+/// Keeping copies of every chunk on other nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Copies of every chunk across the fleet (1 turns replication off).
+    pub factor: u8,
+    /// How often peers' listings are swept for chunks placed here (also on every
+    /// membership change).
+    pub sweep_interval: HumanDuration,
+    /// Most chunks waiting to be fetched; the next sweep finds what did not fit.
+    pub queue_max: u32,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            factor: 2,
+            sweep_interval: HumanDuration(Duration::from_secs(60)),
+            queue_max: 10_000,
         }
     }
 }

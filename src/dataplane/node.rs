@@ -75,6 +75,15 @@ pub struct Counters {
     pub refused_peers: AtomicU64,
 }
 
+/// How a node serves other nodes' replication: it recognizes them (fleet members) and
+/// paces what it sends them by its own replication budget, so a paused node stops feeding
+/// the fleet too. Clients are served under the egress cap alone.
+pub struct ReplicationServing {
+    pub is_node: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    pub budget: Arc<Limiter>,
+    pub stats: Arc<crate::replication::Stats>,
+}
+
 pub struct NodeServer {
     pub settings: RtcSettings,
     signal: Arc<Signal>,
@@ -87,6 +96,7 @@ pub struct NodeServer {
     draining: watch::Receiver<bool>,
     egress: Arc<Limiter>,
     ingress: Arc<Limiter>,
+    replication: Option<ReplicationServing>,
     pub counters: Arc<Counters>,
 }
 
@@ -99,6 +109,7 @@ impl NodeServer {
         draining: watch::Receiver<bool>,
         egress: Arc<Limiter>,
         ingress: Arc<Limiter>,
+        replication: Option<ReplicationServing>,
     ) -> Arc<NodeServer> {
         let access = Access::from_config(cfg);
         if cfg.security.open_writes {
@@ -123,6 +134,7 @@ impl NodeServer {
             draining,
             egress,
             ingress,
+            replication,
             counters: Arc::new(Counters::default()),
         })
     }
@@ -195,6 +207,10 @@ impl NodeServer {
             .await;
 
         let key = offer.public_key.clone();
+        let peer_is_node = self
+            .replication
+            .as_ref()
+            .is_some_and(|r| (r.is_node)(&offer.from));
         let can_read = self.access.can_read(&key);
         let can_write = self.access.can_write(&key);
         let activity = Arc::new(AtomicU64::new(0));
@@ -243,7 +259,7 @@ impl NodeServer {
                     let me = Arc::clone(self);
                     let (activity, pc) = (Arc::clone(&activity), Arc::clone(pc));
                     tokio::spawn(async move {
-                        me.serve(pc, dc, can_read, can_write, activity).await;
+                        me.serve(pc, dc, can_read, can_write, peer_is_node, activity).await;
                     });
                 }
                 _ = &mut deadline, if !verified => anyhow::bail!("no verified connection within {} s", self.settings.connect_timeout.as_secs()),
@@ -267,6 +283,7 @@ impl NodeServer {
         dc: Arc<dyn DataChannel>,
         can_read: bool,
         can_write: bool,
+        peer_is_node: bool,
         activity: Arc<AtomicU64>,
     ) {
         // Wait for the channel to open before asking for its label and limits.
@@ -308,7 +325,7 @@ impl NodeServer {
                         self.ingress.acquire(n).await;
                         self.counters.ingress_bytes.fetch_add(n, Ordering::Relaxed);
                         for action in session.on_frame(msg.data.freeze()) {
-                            if !self.act(&dc, &session, action, &done_tx).await {
+                            if !self.act(&dc, &session, action, peer_is_node, &done_tx).await {
                                 let _ = dc.close().await;
                                 return;
                             }
@@ -332,6 +349,7 @@ impl NodeServer {
         dc: &Arc<dyn DataChannel>,
         session: &Session,
         action: Action,
+        peer_is_node: bool,
         done: &mpsc::UnboundedSender<u32>,
     ) -> bool {
         let req = match &action {
@@ -359,37 +377,60 @@ impl NodeServer {
         );
         let max_payload = session.max_payload();
         let draining = *self.draining.borrow();
+        let replication = self
+            .replication
+            .as_ref()
+            .filter(|_| peer_is_node)
+            .map(|r| (Arc::clone(&r.budget), Arc::clone(&r.stats)));
         // Requests run concurrently; each answers on the shared channel and reports back.
         tokio::spawn(async move {
             let frames: Vec<Bytes> = match action {
-                Action::Get { req, id } => match store.get(id).await {
-                    Ok(data) => {
-                        if !send(
-                            &dc,
-                            encode::result(
-                                kind::GET,
-                                req,
-                                Status::Ok,
-                                &(data.len() as u32).to_be_bytes(),
-                            ),
-                        )
-                        .await
-                        {
-                            return;
-                        }
-                        for piece in data.chunks(max_payload) {
-                            egress.acquire(piece.len() as u64).await;
-                            if !send_mut(&dc, encode::data(req, piece)).await {
-                                return;
+                Action::Get { req, id } => {
+                    if let Some((budget, _)) = &replication
+                        && budget.current_rate() == 0
+                    {
+                        // Another node's replication while ours is paused: it will try
+                        // another holder or come back later. Clients are still served.
+                        vec![encode::error(
+                            kind::GET,
+                            req,
+                            Status::Busy,
+                            "replication is paused on this node",
+                        )]
+                    } else {
+                        match store.get(id).await {
+                            Ok(data) => {
+                                let head = encode::result(
+                                    kind::GET,
+                                    req,
+                                    Status::Ok,
+                                    &(data.len() as u32).to_be_bytes(),
+                                );
+                                if !send(&dc, head).await {
+                                    return;
+                                }
+                                for piece in data.chunks(max_payload) {
+                                    let n = piece.len() as u64;
+                                    if let Some((budget, _)) = &replication {
+                                        // Replication traffic spends our budget too; a
+                                        // transfer in flight waits here while paused.
+                                        budget.acquire(n).await;
+                                    }
+                                    egress.acquire(n).await;
+                                    if !send_mut(&dc, encode::data(req, piece)).await {
+                                        return;
+                                    }
+                                    counters.egress_bytes.fetch_add(n, Ordering::Relaxed);
+                                    if let Some((_, stats)) = &replication {
+                                        stats.served_bytes.fetch_add(n, Ordering::Relaxed);
+                                    }
+                                }
+                                Vec::new()
                             }
-                            counters
-                                .egress_bytes
-                                .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                            Err(e) => vec![error_frame(kind::GET, req, &e)],
                         }
-                        Vec::new()
                     }
-                    Err(e) => vec![error_frame(kind::GET, req, &e)],
-                },
+                }
                 Action::Put { req, id, data } => match store.put(data, Some(id)).await {
                     Ok(PutOutcome::Stored(_)) => {
                         vec![encode::result(kind::PUT, req, Status::Ok, &[1])]

@@ -1,0 +1,436 @@
+//! Replication: every chunk lives on `replication.factor` nodes, chosen by rendezvous
+//! hashing over the online nodes with room (docs/replication.md).
+//!
+//! **Pull by the target.** Each node sweeps its peers' listings (LIST over the data
+//! plane), and fetches (GET) the chunks placed on it that it lacks; a node holding a
+//! chunk that is not placed on it deletes its copy once every placed node confirms (HAS)
+//! that it has one ("handoff"), so a file ends with exactly `factor` copies. Pulling keeps
+//! each node in charge of its own disk and budget: a hot or low-battery node simply stops
+//! fetching, and answers other nodes' replication GETs with `busy`, while clients are
+//! still served.
+//!
+//! Pure parts: [`placement`], [`membership`]. Drivers: this module's [`Replicator`] (sweeps
+//! and the fetch worker) and the persistent [`queue`].
+
+pub mod membership;
+pub mod placement;
+pub mod queue;
+
+use crate::bandwidth::Limiter;
+use crate::dataplane::RtcSettings;
+use crate::dataplane::client::{ClientError, Conn};
+use crate::dataplane::signal::Signal;
+use crate::protocol::Status;
+use crate::store::{ChunkId, Store, StoreEvent};
+use membership::Membership;
+use placement::place;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+/// Figures for the health message.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub pulled_chunks: AtomicU64,
+    pub pulled_bytes: AtomicU64,
+    /// Bytes this node served to other nodes' replication.
+    pub served_bytes: AtomicU64,
+    pub repaired: AtomicU64,
+    pub handed_off: AtomicU64,
+    pub sweeps: AtomicU64,
+}
+
+pub struct Replicator {
+    my_id: String,
+    factor: usize,
+    sweep_interval: Duration,
+    store: Arc<Store>,
+    signal: Arc<Signal>,
+    settings: RtcSettings,
+    pub membership: Arc<Mutex<Membership>>,
+    changed: Notify,
+    budget: Arc<Limiter>,
+    queue: Mutex<queue::Queue>,
+    work: Notify,
+    pub stats: Arc<Stats>,
+    conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl Replicator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &crate::config::Config,
+        my_id: &str,
+        store: Arc<Store>,
+        signal: Arc<Signal>,
+        membership: Arc<Mutex<Membership>>,
+        budget: Arc<Limiter>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Arc<Replicator>> {
+        let queue = queue::Queue::open(
+            &cfg.storage.data_dir.join("replication"),
+            cfg.replication.queue_max as usize,
+        )?;
+        if !queue.is_empty() {
+            info!(queued = queue.len(), "replication queue restored");
+        }
+        Ok(Arc::new(Replicator {
+            my_id: my_id.to_string(),
+            factor: cfg.replication.factor as usize,
+            sweep_interval: cfg.replication.sweep_interval.0,
+            store,
+            signal,
+            settings: RtcSettings::from_config(cfg),
+            membership,
+            changed: Notify::new(),
+            budget,
+            queue: Mutex::new(queue),
+            work: Notify::new(),
+            stats,
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(None),
+        }))
+    }
+
+    /// Tells the replicator the membership may have changed (a node came or went).
+    pub fn membership_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    pub fn health(&self) -> Value {
+        let s = &self.stats;
+        let last = self
+            .last_sweep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_secs());
+        json!({
+            "target_factor": self.factor,
+            "queued": self.queue.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            "pulled_chunks": s.pulled_chunks.load(Ordering::Relaxed),
+            "pulled_bytes": s.pulled_bytes.load(Ordering::Relaxed),
+            "served_bytes": s.served_bytes.load(Ordering::Relaxed),
+            "repaired": s.repaired.load(Ordering::Relaxed),
+            "handed_off": s.handed_off.load(Ordering::Relaxed),
+            "budget_bps": self.budget.current_rate(),
+            "last_sweep_s_ago": last,
+        })
+    }
+
+    /// Runs sweeps (on a timer, on membership changes, on corruption) and the fetch worker.
+    pub async fn run(self: Arc<Self>) {
+        tokio::spawn(Arc::clone(&self).worker());
+        let mut events = self.store.subscribe();
+        // Let the retained membership arrive before the first sweep.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        loop {
+            if let Err(e) = self.sweep().await {
+                warn!(error = %e, "replication sweep failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.sweep_interval) => {}
+                _ = self.changed.notified() => {
+                    // Let a burst of membership messages settle.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                ev = events.recv() => {
+                    if let Ok(StoreEvent::ChunkCorrupt { id, .. }) = ev {
+                        self.repair(id).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn members(&self) -> Vec<placement::Member> {
+        self.membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .members()
+    }
+
+    async fn conn(&self, peer: &str) -> Result<Arc<Conn>, ClientError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(peer) {
+            if !c.is_closed() {
+                return Ok(Arc::clone(c));
+            }
+            conns.remove(peer);
+        }
+        let c = Arc::new(Conn::connect(&self.signal, &self.settings, peer).await?);
+        conns.insert(peer.to_string(), Arc::clone(&c));
+        Ok(c)
+    }
+
+    async fn drop_conn(&self, peer: &str) {
+        self.conns.lock().await.remove(peer);
+    }
+
+    fn min_free(&self) -> u64 {
+        self.store.config().max_chunk
+    }
+
+    /// One pass: queue what is placed here and missing; pin what is placed here; hand
+    /// off what is not, once its placed holders confirm.
+    async fn sweep(&self) -> anyhow::Result<()> {
+        self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
+        let members = self.members();
+        let peers: Vec<String> = members
+            .iter()
+            .filter(|m| m.online && m.id != self.my_id)
+            .map(|m| m.id.clone())
+            .collect();
+        let min_free = self.min_free();
+
+        // Pulls, from every peer's listing.
+        let mut queued = 0usize;
+        for peer in &peers {
+            let conn = match self.conn(peer).await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(%peer, error = %e, "cannot list a peer this sweep");
+                    continue;
+                }
+            };
+            let mut after: Option<ChunkId> = None;
+            loop {
+                let (page, more) = match conn.list(after.as_ref(), 1024).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "listing failed");
+                        self.drop_conn(peer).await;
+                        break;
+                    }
+                };
+                let ids: Vec<ChunkId> = page.iter().map(|(id, _)| *id).collect();
+                let have = {
+                    let store = Arc::clone(&self.store);
+                    tokio::task::spawn_blocking(move || {
+                        ids.iter().map(|id| store.has(id)).collect::<Vec<bool>>()
+                    })
+                    .await?
+                };
+                {
+                    let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    for ((id, size), has) in page.iter().zip(have) {
+                        if !has
+                            && place(id, &members, self.factor, min_free)
+                                .contains(&self.my_id.as_str())
+                            && q.push(*id, peer, *size)?
+                        {
+                            queued += 1;
+                        }
+                    }
+                }
+                after = page.last().map(|(id, _)| *id);
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+        }
+        if queued > 0 {
+            debug!(queued, "chunks queued for replication");
+            self.work.notify_one();
+        }
+
+        // Local chunks: pin what is ours, hand off what is not.
+        let store = Arc::clone(&self.store);
+        let local: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            let _ = store.for_each(|id, _| {
+                v.push(id);
+                true
+            });
+            v
+        })
+        .await?;
+        let eligible = members.iter().filter(|m| m.eligible(min_free)).count();
+        let mut handoff: HashMap<String, Vec<ChunkId>> = HashMap::new();
+        let mut candidates: Vec<(ChunkId, Vec<String>)> = Vec::new();
+        for id in local {
+            let targets: Vec<String> = place(&id, &members, self.factor, min_free)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            if targets.contains(&self.my_id) {
+                if !self.store.is_pinned(&id) {
+                    let _ = self.store.pin(&id);
+                }
+            } else if eligible >= self.factor && targets.len() == self.factor {
+                for t in &targets {
+                    handoff.entry(t.clone()).or_default().push(id);
+                }
+                candidates.push((id, targets));
+            }
+        }
+        if !candidates.is_empty() {
+            let mut confirmed: HashMap<String, std::collections::HashSet<ChunkId>> = HashMap::new();
+            for (peer, ids) in &handoff {
+                let Ok(conn) = self.conn(peer).await else {
+                    continue;
+                };
+                if let Ok(bits) = conn.has(ids).await {
+                    confirmed.insert(
+                        peer.clone(),
+                        ids.iter()
+                            .zip(bits)
+                            .filter(|(_, b)| *b)
+                            .map(|(id, _)| *id)
+                            .collect(),
+                    );
+                }
+            }
+            let mut n = 0;
+            for (id, targets) in candidates {
+                if targets
+                    .iter()
+                    .all(|t| confirmed.get(t).is_some_and(|s| s.contains(&id)))
+                {
+                    let store = Arc::clone(&self.store);
+                    if tokio::task::spawn_blocking(move || store.delete(&id))
+                        .await?
+                        .is_ok()
+                    {
+                        n += 1;
+                    }
+                }
+            }
+            if n > 0 {
+                self.stats.handed_off.fetch_add(n, Ordering::Relaxed);
+                info!(
+                    chunks = n,
+                    "handed off chunks now held by their placed nodes"
+                );
+            }
+        }
+        *self.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A chunk failed verification here: fetch it again from a node that has it.
+    async fn repair(&self, id: ChunkId) {
+        let size = self.min_free();
+        for peer in self
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .online()
+        {
+            if peer != self.my_id {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.push(id, &peer, size).unwrap_or(false) {
+                    info!(%id, from = %peer, "re-fetching a corrupt chunk from a replica");
+                    self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+                    self.work.notify_one();
+                }
+                break;
+            }
+        }
+    }
+
+    /// Fetches queued chunks, spending the replication budget: at `paused` the budget is
+    /// zero and this waits; at `reduced` it goes at a quarter of the rate.
+    async fn worker(self: Arc<Self>) {
+        loop {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .front()
+                .cloned();
+            let Some(item) = next else {
+                tokio::select! {
+                    _ = self.work.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                continue;
+            };
+            if self.store.has(&item.id) {
+                let _ = self
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .done(&item.id);
+                continue;
+            }
+            self.budget.acquire(item.size).await;
+            let outcome = match self.conn(&item.from).await {
+                Ok(conn) => conn.get(&item.id).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(data) => {
+                    let n = data.len() as u64;
+                    let store = Arc::clone(&self.store);
+                    let id = item.id;
+                    let stored = tokio::task::spawn_blocking(move || {
+                        store.put_verified(&data, Some(id)).map(|_| store.pin(&id))
+                    })
+                    .await;
+                    match stored {
+                        Ok(Ok(_)) => {
+                            self.stats.pulled_chunks.fetch_add(1, Ordering::Relaxed);
+                            self.stats.pulled_bytes.fetch_add(n, Ordering::Relaxed);
+                            let _ = self
+                                .queue
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .done(&item.id);
+                        }
+                        other => {
+                            warn!(id = %item.id, result = ?other.map(|r| r.map(|_| ())), "storing a replicated chunk failed");
+                            let _ = self
+                                .queue
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .retry_later(&item.id, None);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Busy (a paused holder), gone, or unreachable: try another holder later.
+                    let busy = matches!(e, ClientError::Status(Status::Busy, _));
+                    if !busy {
+                        debug!(id = %item.id, from = %item.from, error = %e, "replication fetch failed");
+                        if !matches!(e, ClientError::Status(..)) {
+                            self.drop_conn(&item.from).await;
+                        }
+                    }
+                    let other = self.other_holder(&item).await;
+                    let _ = self
+                        .queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retry_later(&item.id, other.as_deref());
+                    tokio::time::sleep(Duration::from_millis(if busy { 500 } else { 200 })).await;
+                }
+            }
+        }
+    }
+
+    /// Another online node that reports having the chunk.
+    async fn other_holder(&self, item: &queue::Item) -> Option<String> {
+        let peers: Vec<String> = self
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .online();
+        for peer in peers
+            .into_iter()
+            .filter(|p| *p != self.my_id && *p != item.from)
+        {
+            if let Ok(conn) = self.conn(&peer).await
+                && conn.has(&[item.id]).await.is_ok_and(|h| h == [true])
+            {
+                return Some(peer);
+            }
+        }
+        None
+    }
+}
