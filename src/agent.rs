@@ -17,7 +17,7 @@ use crate::replication::{self, Replicator, membership::Membership};
 use crate::sensors::monitor::Monitor;
 use crate::store::{AsyncStore, Store, StoreConfig, StoreEvent};
 use anyhow::Context;
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,13 +116,20 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         Arc::new(move |client: &AsyncClient| {
             // Clean session: subscriptions and our retained state are restored on every
             // ConnAck. try_* never waits, so the event loop cannot block on itself.
-            let _ = client.try_subscribe(&topics.cmd, QoS::AtLeastOnce);
-            let _ = client.try_subscribe(&topics.signal, QoS::AtLeastOnce);
-            let _ = client.try_subscribe(&topics.all_status, QoS::AtLeastOnce);
-            let _ = client.try_subscribe(&topics.all_health, QoS::AtMostOnce);
+            // One SUBSCRIBE for all, so one SubAck says the node is reachable.
+            let mut filters = vec![
+                SubscribeFilter::new(topics.cmd.clone(), QoS::AtLeastOnce),
+                SubscribeFilter::new(topics.signal.clone(), QoS::AtLeastOnce),
+                SubscribeFilter::new(topics.all_status.clone(), QoS::AtLeastOnce),
+                SubscribeFilter::new(topics.all_health.clone(), QoS::AtMostOnce),
+            ];
             if discovery_payload.is_some() {
-                let _ = client.try_subscribe(&topics.ha_status, QoS::AtMostOnce);
+                filters.push(SubscribeFilter::new(
+                    topics.ha_status.clone(),
+                    QoS::AtMostOnce,
+                ));
             }
+            let _ = client.try_subscribe_many(filters);
             let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online");
             publish_health(client, &topics, &controller);
             if let Some(d) = discovery_payload.as_ref() {

@@ -16,7 +16,7 @@ use crate::store::{ChunkId, Hasher, Manifest};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -75,7 +75,6 @@ impl ClientHub {
         let (tx, mut rx) = mpsc::channel(256);
         let status_filter = format!("{prefix}/nodes/+/status");
         let health_filter = format!("{prefix}/nodes/+/health");
-        let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);
         let on_connect: session::OnConnect = {
             let (t, s, h) = (
                 my_topic.clone(),
@@ -83,13 +82,15 @@ impl ClientHub {
                 health_filter.clone(),
             );
             Arc::new(move |c: &AsyncClient| {
-                let _ = c.try_subscribe(&t, QoS::AtLeastOnce);
-                let _ = c.try_subscribe(&s, QoS::AtLeastOnce);
-                let _ = c.try_subscribe(&h, QoS::AtLeastOnce);
-                let _ = subscribed_tx.send(true);
+                let _ = c.try_subscribe_many([
+                    SubscribeFilter::new(t.clone(), QoS::AtLeastOnce),
+                    SubscribeFilter::new(s.clone(), QoS::AtLeastOnce),
+                    SubscribeFilter::new(h.clone(), QoS::AtLeastOnce),
+                ]);
             })
         };
         let session = Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, tx);
+        let mut subscribed = session.subscribed.clone();
         let signal = Signal::new(
             identity,
             session.client.clone(),
@@ -140,7 +141,7 @@ impl ClientHub {
             );
         }
         // Retained status arrives right after the subscription.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(ClientHub {
             signal,
             settings: RtcSettings::from_config(cfg),

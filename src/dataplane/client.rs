@@ -9,6 +9,7 @@ use super::signal::{Signal, new_session_id, node_topic};
 use super::{
     RtcSettings, new_peer_connection, verify_remote_fingerprint, wait_connected, wait_gathered,
 };
+use crate::bandwidth::Limiter;
 use crate::protocol::{self, Response, Status, encode, kind};
 use crate::signaling::Kind;
 use crate::store::ChunkId;
@@ -72,9 +73,23 @@ impl Conn {
         settings: &RtcSettings,
         node_id: &str,
     ) -> Result<Conn, ClientError> {
+        Self::connect_paced(signal, settings, node_id, None).await
+    }
+
+    /// Like [`connect`](Self::connect), with every received frame paid for from
+    /// `pace` first: when it pauses, the channel stops being read and SCTP back-pressure
+    /// stops the sender, so a transfer in flight waits rather than completes or fails.
+    /// Replication uses this with its budget.
+    pub async fn connect_paced(
+        signal: &Arc<Signal>,
+        settings: &RtcSettings,
+        node_id: &str,
+        pace: Option<Arc<Limiter>>,
+    ) -> Result<Conn, ClientError> {
         let session = new_session_id();
         let mut inbox = signal.register(&session, node_id);
-        let result = Self::connect_session(signal, settings, node_id, &session, &mut inbox).await;
+        let result =
+            Self::connect_session(signal, settings, node_id, &session, &mut inbox, pace).await;
         if result.is_err() {
             signal.unregister(&session);
         } else {
@@ -109,6 +124,7 @@ impl Conn {
         node_id: &str,
         session: &str,
         inbox: &mut tokio::sync::mpsc::Receiver<crate::signaling::Envelope>,
+        pace: Option<Arc<Limiter>>,
     ) -> Result<Conn, ClientError> {
         let err = |e: webrtc::error::Error| ClientError::Connect(e.to_string());
         let (pc, mut ev) = new_peer_connection(settings)
@@ -222,7 +238,7 @@ impl Conn {
             return Err(ClientError::Status(status, "HELLO refused".into()));
         }
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let reader = tokio::spawn(read_loop(Arc::clone(&dc), Arc::clone(&pending)));
+        let reader = tokio::spawn(read_loop(Arc::clone(&dc), Arc::clone(&pending), pace));
         Ok(Conn {
             node_id: node_id.to_string(),
             pc,
@@ -410,13 +426,16 @@ impl Conn {
     }
 }
 
-async fn read_loop(dc: Arc<dyn DataChannel>, pending: Pending) {
+async fn read_loop(dc: Arc<dyn DataChannel>, pending: Pending, pace: Option<Arc<Limiter>>) {
     loop {
         let msg = match dc.poll().await {
             Some(DataChannelEvent::OnMessage(m)) => m.data.freeze(),
             Some(DataChannelEvent::OnClose) | None => break,
             _ => continue,
         };
+        if let Some(l) = &pace {
+            l.acquire(msg.len() as u64).await;
+        }
         let resp = match protocol::decode_response(&msg) {
             Ok(r) => r,
             Err(e) => {

@@ -24,6 +24,9 @@ pub struct Session {
     pub client: AsyncClient,
     /// True while connected.
     pub connected: watch::Receiver<bool>,
+    /// True once the broker acknowledged the subscriptions `on_connect` made (with one
+    /// SUBSCRIBE), i.e. once messages to us are delivered. Reset on disconnection.
+    pub subscribed: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -79,6 +82,7 @@ impl Session {
     ) -> Session {
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (connected_tx, connected) = watch::channel(false);
+        let (subscribed_tx, subscribed) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(drive(
             eventloop,
@@ -86,12 +90,16 @@ impl Session {
             reconnect_max,
             on_connect,
             incoming,
-            connected_tx,
+            Flags {
+                connected: connected_tx,
+                subscribed: subscribed_tx,
+            },
             stop_rx,
         ));
         Session {
             client,
             connected,
+            subscribed,
             stop,
             task,
         }
@@ -121,15 +129,25 @@ fn random_fraction() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// What the event loop reports about the connection.
+struct Flags {
+    connected: watch::Sender<bool>,
+    subscribed: watch::Sender<bool>,
+}
+
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     reconnect_max: Duration,
     on_connect: OnConnect,
     incoming: mpsc::Sender<Publish>,
-    connected: watch::Sender<bool>,
+    flags: Flags,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Flags {
+        connected,
+        subscribed,
+    } = flags;
     let mut backoff = Backoff::new(Duration::from_millis(500), reconnect_max);
     let mut down_since: Option<std::time::Instant> = None;
     let mut dropped = 0u64;
@@ -157,6 +175,12 @@ async fn drive(
                 let _ = connected.send(true);
                 on_connect(&client);
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if !*subscribed.borrow() {
+                    info!("MQTT subscribed");
+                    let _ = subscribed.send(true);
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if incoming.try_send(p).is_err() {
                     dropped += 1;
@@ -171,6 +195,7 @@ async fn drive(
             Ok(_) => {}
             Err(e) => {
                 let _ = connected.send(false);
+                let _ = subscribed.send(false);
                 if down_since.is_none() {
                     warn!(error = %e, "MQTT connection lost; reconnecting with backoff (sensing and serving go on)");
                     down_since = Some(std::time::Instant::now());

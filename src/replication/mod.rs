@@ -162,7 +162,15 @@ impl Replicator {
             }
             conns.remove(peer);
         }
-        let c = Arc::new(Conn::connect(&self.signal, &self.settings, peer).await?);
+        let c = Arc::new(
+            Conn::connect_paced(
+                &self.signal,
+                &self.settings,
+                peer,
+                Some(Arc::clone(&self.budget)),
+            )
+            .await?,
+        );
         conns.insert(peer.to_string(), Arc::clone(&c));
         Ok(c)
     }
@@ -358,7 +366,9 @@ impl Replicator {
                     .done(&item.id);
                 continue;
             }
-            self.budget.acquire(item.size).await;
+            // Wait while replication is paused; the bytes themselves are paid for as they
+            // arrive (see Conn::connect_paced), so a transfer in flight waits too.
+            self.budget.acquire(0).await;
             let outcome = match self.conn(&item.from).await {
                 Ok(conn) => conn.get(&item.id).await,
                 Err(e) => Err(e),

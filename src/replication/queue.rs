@@ -151,7 +151,11 @@ impl Queue {
             item.from = f.to_string();
         }
         // Persist the move to the back (and the new source).
-        writeln!(self.log, "D {id}\nA {} {} {}", item.id, item.from, item.size)?;
+        writeln!(
+            self.log,
+            "D {id}\nA {} {} {}",
+            item.id, item.from, item.size
+        )?;
         self.log_lines += 2;
         self.items.push_back(item);
         Ok(true)

@@ -176,7 +176,7 @@ pub fn start_agent(broker: &str, dir: &Path, sysfs: &str, extra: &[&str]) -> Run
         args.extend(["--set".to_string(), s.to_string()]);
     }
     let mut a = Running::spawn(bin().args(&args));
-    a.wait_for("MQTT connected", Duration::from_secs(30));
+    a.wait_for("MQTT subscribed", Duration::from_secs(60));
     a
 }
 

@@ -1,0 +1,372 @@
+//! Replication across three agents and mosquitto: placement with exactly `factor`
+//! copies, repair after a node loss, and throttling by temperature, battery and the
+//! operator. Each node reads its own copy of a fake sysfs tree, which the test heats,
+//! cools and drains.
+
+mod common;
+use common::mosquitto::{Mosquitto, Probe};
+use common::*;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Node {
+    id: String,
+    dir: tempfile::TempDir,
+    sysfs: PathBuf,
+    agent: Option<Running>,
+}
+
+/// A private, writable copy of the Pi 4 fixture, optionally with a battery.
+fn sysfs_copy(dir: &Path, battery: Option<(u32, &str)>) -> PathBuf {
+    let root = dir.join("sysfs");
+    let src = PathBuf::from(fixture("pi4-mains"));
+    for entry in walk(&src) {
+        let dest = root.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dest).unwrap();
+    }
+    if let Some((percent, status)) = battery {
+        set_battery(&root, percent, status);
+    }
+    root
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+fn set_temp(root: &Path, celsius: u32) {
+    std::fs::write(
+        root.join("sys/class/thermal/thermal_zone0/temp"),
+        format!("{}\n", celsius * 1000),
+    )
+    .unwrap();
+}
+
+fn set_battery(root: &Path, percent: u32, status: &str) {
+    let b = root.join("sys/class/power_supply/BAT0");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("type"), "Battery\n").unwrap();
+    std::fs::write(b.join("capacity"), format!("{percent}\n")).unwrap();
+    std::fs::write(b.join("status"), format!("{status}\n")).unwrap();
+}
+
+fn start(m: &Mosquitto, battery: Option<(u32, &str)>, extra: &[&str]) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let sysfs = sysfs_copy(dir.path(), battery);
+    let mut sets = vec![
+        "replication.sweep_interval=1s",
+        "throttle.dwell=3s",
+        "storage.fsync=false",
+    ];
+    sets.extend_from_slice(extra);
+    let agent = start_agent(&m.url(), dir.path(), sysfs.to_str().unwrap(), &sets);
+    Node {
+        id,
+        dir,
+        sysfs,
+        agent: Some(agent),
+    }
+}
+
+/// Chunk ID -> number of nodes holding it, from the nodes' data dirs.
+fn copies(nodes: &[&Node]) -> HashMap<String, usize> {
+    let mut c = HashMap::new();
+    for n in nodes {
+        let root = n.dir.path().join("store/chunks");
+        for fan in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(fan.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                *c.entry(e.file_name().to_string_lossy().into_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    c
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn put(m: &Mosquitto, key: &Path, file: &Path, to: &str, chunk: &str) -> String {
+    let mut args: Vec<String> = [
+        "put",
+        file.to_str().unwrap(),
+        "--to",
+        to,
+        "--config",
+        "/dev/null",
+        "--broker",
+        &m.url(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(["--key".into(), key.display().to_string()]);
+    for s in TEST_SETS {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args.extend(["--set".into(), format!("storage.chunk_size={chunk}")]);
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "put: {}", stderr(&o));
+    stdout(&o).lines().last().unwrap().trim().to_string()
+}
+
+fn get(
+    m: &Mosquitto,
+    key: &Path,
+    id: &str,
+    out: &Path,
+    from: Option<&str>,
+) -> std::process::Output {
+    let mut args: Vec<String> = [
+        "get",
+        id,
+        "-o",
+        out.to_str().unwrap(),
+        "--config",
+        "/dev/null",
+        "--broker",
+        &m.url(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(["--key".into(), key.display().to_string()]);
+    if let Some(f) = from {
+        args.extend(["--from".into(), f.into()]);
+    }
+    for s in TEST_SETS {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    bin().args(&args).output().unwrap()
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+#[test]
+fn factor_two_gives_exactly_two_copies_and_survives_losing_a_node() {
+    let m = Mosquitto::start();
+    let (a, b, mut c) = (
+        start(&m, None, &[]),
+        start(&m, None, &[]),
+        start(&m, None, &[]),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("k");
+    let file = work.path().join("f");
+    let data = random_file(&file, 6 << 20, 7);
+    let file_id = put(&m, &key, &file, &a.id, "1MiB");
+    let total = 7; // six data chunks and the manifest
+
+    wait_until(
+        "exactly two copies of every chunk",
+        Duration::from_secs(90),
+        || {
+            let c = copies(&[&a, &b, &c]);
+            c.len() == total && c.values().all(|n| *n == 2)
+        },
+    );
+
+    // Lose a node: the other two restore two copies each.
+    let mut gone = c.agent.take().unwrap();
+    gone.signal(libc::SIGKILL);
+    gone.wait_exit(Duration::from_secs(10));
+    wait_until(
+        "two copies on the surviving nodes",
+        Duration::from_secs(90),
+        || {
+            let cp = copies(&[&a, &b]);
+            cp.len() == total && cp.values().all(|n| *n == 2)
+        },
+    );
+    let out = work.path().join("out");
+    let o = get(&m, &key, &file_id, &out, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&out).unwrap() == data);
+    c.agent = None;
+}
+
+/// Fetches one chunk from `node` as a client (not a fleet member) would.
+fn served_to_a_client(m: &Mosquitto, key: &Path, node: &str, chunk: &str) {
+    let mut cfg = ddc_edge::config::Config::default();
+    cfg.mqtt.broker = m.url().parse().unwrap();
+    cfg.webrtc.bind = vec!["127.0.0.1:0".into()];
+    let id: ddc_edge::store::ChunkId = chunk.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let hub = ddc_edge::transfer::ClientHub::join(&cfg, key)
+            .await
+            .unwrap();
+        let conn = hub.connect(node).await.unwrap();
+        let data = conn
+            .get(&id)
+            .await
+            .expect("a paused node must still serve clients");
+        assert_eq!(ddc_edge::store::ChunkId::of(&data), id);
+        conn.close().await;
+        hub.leave().await;
+    });
+}
+
+/// pulled + served replication bytes of a node, from its latest health.
+fn replication_bytes(h: &Value) -> u64 {
+    h["replication"]["pulled_bytes"].as_u64().unwrap_or(0)
+        + h["replication"]["served_bytes"].as_u64().unwrap_or(0)
+}
+
+fn latest_health(p: &mut Probe, id: &str) -> Value {
+    let topic = format!("ddc/nodes/{id}/health");
+    p.wait_new("health", Duration::from_secs(10), |x| x.topic == topic)
+        .json()
+}
+
+#[test]
+fn replication_follows_temperature_battery_and_the_operator() {
+    let m = Mosquitto::start();
+    let rate = if emulated() { "256KiB/s" } else { "1MiB/s" };
+    let budget = format!("bandwidth.replication={rate}");
+    let sets = [budget.as_str()];
+    let a = start(&m, None, &sets);
+    // B has a battery (on a charger to begin with): sources are probed at start.
+    let b = start(&m, Some((100, "Charging")), &sets);
+    let c = start(&m, None, &sets);
+    let mut p = Probe::connect(m.port, &["ddc/nodes/+/health"]);
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("k");
+
+    // A big file on A: B and C spend a while pulling their share of it.
+    let big = work.path().join("big");
+    let size = if emulated() { 6 << 20 } else { 24 << 20 };
+    random_file(&big, size, 9);
+    put(&m, &key, &big, &a.id, "256KiB");
+    wait_until("B replicating", Duration::from_secs(60), || {
+        replication_bytes(&latest_health(&mut p, &b.id)) > 0
+    });
+
+    // Heat B past the pause threshold (80 C).
+    set_temp(&b.sysfs, 85);
+    let heated = Instant::now();
+    let h = loop {
+        let h = latest_health(&mut p, &b.id);
+        if h["level"] == "paused" {
+            break h;
+        }
+        assert!(
+            heated.elapsed() < Duration::from_secs(10),
+            "B never paused: {h}"
+        );
+    };
+    assert_eq!(h["replication"]["paused_by"], "policy");
+    // Two sensor intervals (500 ms) after the level changed, B's replication is still.
+    std::thread::sleep(Duration::from_millis(1000));
+    let frozen = replication_bytes(&latest_health(&mut p, &b.id));
+    let c_before = replication_bytes(&latest_health(&mut p, &c.id));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        replication_bytes(&latest_health(&mut p, &b.id)),
+        frozen,
+        "a paused node kept replicating"
+    );
+    assert!(
+        replication_bytes(&latest_health(&mut p, &c.id)) > c_before,
+        "the other nodes must go on"
+    );
+    // Clients are still served by the hot node: fetch a chunk it holds.
+    let held = copies(&[&b]).into_keys().next().expect("B holds chunks");
+    served_to_a_client(&m, &key, &b.id, &held);
+
+    // Cool down: it resumes, but not before the dwell time (3 s).
+    set_temp(&b.sysfs, 50);
+    let cooled = Instant::now();
+    loop {
+        let h = latest_health(&mut p, &b.id);
+        if h["level"] == "full" {
+            break;
+        }
+        assert!(
+            cooled.elapsed() < Duration::from_secs(15),
+            "B never recovered: {h}"
+        );
+    }
+    assert!(
+        cooled.elapsed() >= Duration::from_millis(2900),
+        "stepped up before the dwell: {:?}",
+        cooled.elapsed()
+    );
+    wait_until("B replicating again", Duration::from_secs(20), || {
+        replication_bytes(&latest_health(&mut p, &b.id)) > frozen
+    });
+
+    // Battery at 15 % and discharging pauses it too.
+    set_battery(&b.sysfs, 15, "Discharging");
+    wait_until("B paused by its battery", Duration::from_secs(10), || {
+        let h = latest_health(&mut p, &b.id);
+        h["level"] == "paused" && h["reasons"].to_string().contains("on battery at 15 %")
+    });
+    set_battery(&b.sysfs, 15, "Charging");
+
+    // An operator pause holds against a `full` policy.
+    let mut ctl = Probe::connect(m.port, &[&format!("ddc/nodes/{}/reply", c.id)]);
+    ctl.publish(
+        &format!("ddc/nodes/{}/cmd", c.id),
+        json!({"id": "pause-c", "cmd": "pause_replication"}).to_string(),
+        false,
+    );
+    ctl.wait("pause reply", Duration::from_secs(10), |x| {
+        x.json()["id"] == "pause-c"
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let h = latest_health(&mut p, &c.id);
+    assert_eq!(h["level"], "full");
+    assert_eq!(h["replication"]["paused_by"], "operator");
+    let frozen_c = replication_bytes(&h);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        replication_bytes(&latest_health(&mut p, &c.id)),
+        frozen_c,
+        "an operator pause did not hold"
+    );
+    ctl.publish(
+        &format!("ddc/nodes/{}/cmd", c.id),
+        json!({"id": "resume-c", "cmd": "resume_replication"}).to_string(),
+        false,
+    );
+    ctl.wait("resume reply", Duration::from_secs(10), |x| {
+        x.json()["id"] == "resume-c"
+    });
+    drop((a, b, c));
+}
