@@ -59,6 +59,14 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Run a whole network on this machine (embedded broker, three agents with fake
+    /// sensors) and show replication, throttling by temperature, repair and a verified
+    /// fetch. Under a minute.
+    Demo {
+        /// Keep the demo's files (data dirs, logs) in a new directory under DIR.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
     /// Store a file on nodes over WebRTC; prints its file ID on the last line.
     Put {
         file: PathBuf,
@@ -189,6 +197,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }),
         Command::Init { board, out, force } => exit_with(init(&board, &out, force)),
+        Command::Demo { keep } => exit_with(crate::demo::run(keep)),
         Command::Boards => {
             print_boards();
             ExitCode::SUCCESS

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod demo;
 pub mod fsutil;
 pub mod identity;
 pub mod logging;
