@@ -370,3 +370,20 @@ fn replication_follows_temperature_battery_and_the_operator() {
     });
     drop((a, b, c));
 }
+
+#[test]
+fn the_demo_runs_to_the_end() {
+    let o = bin().args(["demo"]).output().unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "demo failed:\n{out}\n{}", stderr(&o));
+    for step in [
+        "1. storing",
+        "2. heating node2",
+        "3. cooling node2",
+        "4. killing node3",
+        "5. fetching",
+        "intact:",
+    ] {
+        assert!(out.contains(step), "demo output lacks {step:?}:\n{out}");
+    }
+}
