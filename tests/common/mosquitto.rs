@@ -241,6 +241,23 @@ impl Probe {
         }
     }
 
+    /// The most recent message matching `pred`: everything already delivered is read
+    /// first (so a backlog never passes for fresh news); if none of it matches, waits for
+    /// a new one.
+    pub fn latest(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let mut found = None;
+        while let Ok(m) = self.rx.try_recv() {
+            self.seen.push(m.clone());
+            if pred(&m) {
+                found = Some(m);
+            }
+        }
+        match found {
+            Some(m) => m,
+            None => self.wait_new(what, timeout, pred),
+        }
+    }
+
     /// Everything received within `d`.
     pub fn drain_for(&mut self, d: Duration) -> Vec<Msg> {
         let deadline = Instant::now() + d;
