@@ -125,7 +125,7 @@ fn main() {
 
     // Repair throughput at full.
     let (a, b) = (work.path().join("a"), work.path().join("b"));
-    let (ida, idb) = (node_id(&a), node_id(&b));
+    let ida = node_id(&a);
     let mut na = agent(&broker, &a, "1GiB/s");
     let mut p = mosquitto::Probe::connect(m.port, &["ddc/nodes/+/health"]);
     std::thread::sleep(Duration::from_secs(2));
