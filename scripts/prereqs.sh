@@ -8,8 +8,9 @@ APT_PACKAGES=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross
   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
   qemu-user binutils
-  mosquitto mosquitto-clients openssl
+  mosquitto mosquitto-clients openssl shellcheck systemd
   python3 python3-venv
+  chromium nodejs npm
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 
@@ -37,6 +38,13 @@ if [ ! -x "$here/target/pyenv/bin/python" ] || ! "$here/target/pyenv/bin/python"
   mkdir -p "$here/target"
   python3 -m venv "$here/target/pyenv"
   "$here/target/pyenv/bin/pip" install -q --disable-pip-version-check aiortc==1.16.0 paho-mqtt==2.2.0
+fi
+
+# playwright-core for the browser tests, from the lock file; it drives /usr/bin/chromium
+# and never downloads a browser of its own.
+if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
+  echo "== installing playwright-core for the browser tests"
+  (cd "$here/tests/browser" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 installed_targets=$(rustup target list --installed)

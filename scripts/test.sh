@@ -14,13 +14,34 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+# Test binaries that start several agents at once run one test at a time: on two cores
+# parallel clusters would only measure each other's contention. The browser tests need
+# Chromium, which does not run under qemu-user, so the ARM run leaves them out.
+parallel=(cli sensors store mqtt dataplane interop)
+serial=(replication)
+native_only=(browser)
+for f in tests/*.rs; do
+  t=$(basename "$f" .rs)
+  [[ " ${parallel[*]} ${serial[*]} ${native_only[*]} " == *" $t "* ]] || { echo "error: scripts/test.sh does not run tests/$t.rs; add it to a list" >&2; exit 1; }
+done
+test_args() { for t in "$@"; do printf -- '--test\n%s\n' "$t"; done; }
+mapfile -t par < <(test_args "${parallel[@]}")
+mapfile -t ser < <(test_args "${serial[@]}" "${native_only[@]}")
+mapfile -t ser_arm < <(test_args "${serial[@]}")
+
 echo "== tests: native ($(uname -m))"
-cargo test --locked 2>&1 | tee target/test-native.log
+{
+  cargo test --locked --lib --bins "${par[@]}"
+  cargo test --locked "${ser[@]}" -- --test-threads=1
+} 2>&1 | tee target/test-native.log
 scripts/summarize-tests.sh native target/test-native.log
 
-echo "== tests: aarch64-unknown-linux-gnu under qemu-aarch64"
+echo "== tests: aarch64-unknown-linux-gnu under qemu-aarch64 (all but the browser tests)"
 # The cargo runner in .cargo/config.toml runs each test binary under qemu; the tests that
 # start the agent binary get the same emulator through DDC_EDGE_TEST_RUNNER.
-DDC_EDGE_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
-  cargo test --locked --target aarch64-unknown-linux-gnu 2>&1 | tee target/test-aarch64.log
+export DDC_EDGE_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+{
+  cargo test --locked --target aarch64-unknown-linux-gnu --lib --bins "${par[@]}"
+  cargo test --locked --target aarch64-unknown-linux-gnu "${ser_arm[@]}" -- --test-threads=1
+} 2>&1 | tee target/test-aarch64.log
 scripts/summarize-tests.sh aarch64-qemu target/test-aarch64.log

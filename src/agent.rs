@@ -74,7 +74,10 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let embedded = match cfg.mqtt.broker {
         Broker::Embedded => {
-            broker::start(cfg.mqtt.embedded_listen)?;
+            broker::start(
+                cfg.mqtt.embedded_listen,
+                cfg.web.enabled.then_some(cfg.mqtt.embedded_ws_listen),
+            )?;
             Some(cfg.mqtt.embedded_listen)
         }
         Broker::Url(_) => None,
@@ -293,13 +296,55 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         cfg.telemetry.interval.0,
     ));
 
+    if cfg.web.enabled {
+        crate::web::serve(
+            cfg.web.listen,
+            crate::web::page_config(&cfg, identity.node_id()),
+        )
+        .await?;
+    }
+    crate::sdnotify::ready();
+    spawn_watchdog(&controller, cfg.sensors.interval.0);
+    info!(node_id = identity.node_id(), "ddc-edge running");
     let sig = shutdown.await;
     info!(signal = sig, "shutting down");
+    crate::sdnotify::stopping();
     mqtt.shutdown(Some(&topics.status)).await;
     if let Err(e) = store.checkpoint() {
         error!(error = %e, "final store checkpoint failed (the journal still has every change)");
     }
     Ok(())
+}
+
+/// Pets systemd's watchdog while the agent is alive: the sensing thread must have
+/// produced a reading recently (it stops if that thread wedges), and this task must run
+/// (it stops if the runtime wedges). Also keeps `systemctl status` showing the level.
+fn spawn_watchdog(controller: &Arc<Controller>, sensor_interval: Duration) {
+    let Some(every) = crate::sdnotify::watchdog_interval() else {
+        return;
+    };
+    let status = controller.monitor.status.clone();
+    tokio::spawn(async move {
+        let stale_after = (sensor_interval * 3).max(every * 2);
+        loop {
+            tokio::time::sleep(every).await;
+            let s = status.borrow().clone();
+            let age = s.taken_at.elapsed().unwrap_or_default();
+            if age <= stale_after {
+                crate::sdnotify::watchdog();
+                crate::sdnotify::status(&format!(
+                    "replication {} ({})",
+                    s.decision.level,
+                    s.decision.reason_strings().join("; ")
+                ));
+            } else {
+                warn!(
+                    age_s = age.as_secs(),
+                    "sensor thread stalled; not petting the watchdog"
+                );
+            }
+        }
+    });
 }
 
 /// The replication budget in bytes per second: `bandwidth.replication` times the

@@ -208,7 +208,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the ddc-edge binary")?;
     let port = free_port()?;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    crate::mqtt::broker::start(listen)?;
+    crate::mqtt::broker::start(listen, None)?;
     let broker = format!("mqtt://127.0.0.1:{port}");
     println!(
         "ddc-edge demo: embedded broker on {broker}, three agents, files under {}",

@@ -277,17 +277,15 @@ fn init_is_idempotent_and_keeps_edits_unless_forced() {
 fn run_starts_on_the_builtin_default_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let listen = format!(
-            "mqtt.embedded_listen=127.0.0.1:{}",
-            common::mosquitto::free_port()
-        );
-        let mut agent = Running::spawn(bin().current_dir(dir.path()).args([
-            "run",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--set",
-            &listen,
-        ]));
+        let mut args = vec![
+            "run".to_string(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+        ];
+        for s in free_listeners() {
+            args.extend(["--set".to_string(), s]);
+        }
+        let mut agent = Running::spawn(bin().current_dir(dir.path()).args(&args));
         agent.wait_for("built-in development default", Duration::from_secs(20));
         agent.wait_for("configured", Duration::from_secs(20));
         agent.signal(sig);
@@ -315,19 +313,17 @@ fn run_reads_the_sensors_and_logs_the_level() {
         "{}/tests/fixtures/sysfs/pi5-battery-hat",
         env!("CARGO_MANIFEST_DIR")
     );
-    let listen = format!(
-        "mqtt.embedded_listen=127.0.0.1:{}",
-        common::mosquitto::free_port()
-    );
-    let mut agent = Running::spawn(bin().current_dir(dir.path()).args([
-        "run",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--sysfs-root",
-        &root,
-        "--set",
-        &listen,
-    ]));
+    let mut args = vec![
+        "run".to_string(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--sysfs-root".into(),
+        root,
+    ];
+    for s in free_listeners() {
+        args.extend(["--set".to_string(), s]);
+    }
+    let mut agent = Running::spawn(bin().current_dir(dir.path()).args(&args));
     agent.wait_for("sensor sources", Duration::from_secs(20));
     let line = agent.wait_for("replication level", Duration::from_secs(20));
     assert!(line.contains("level=reduced"), "{line}");

@@ -37,6 +37,7 @@ pub struct Config {
     pub webrtc: WebrtcSection,
     pub security: SecuritySection,
     pub replication: ReplicationSection,
+    pub web: WebSection,
 }
 
 /// Which board profile a config was written from. Informational for the agent; the
@@ -306,6 +307,8 @@ pub struct MqttSection {
     /// Where the embedded broker listens when `broker = "embedded"`. Loopback by default:
     /// a board should not expose an unauthenticated broker to its network.
     pub embedded_listen: std::net::SocketAddr,
+    /// The embedded broker's MQTT-over-WebSocket listener, for the web page.
+    pub embedded_ws_listen: std::net::SocketAddr,
 }
 
 impl Default for MqttSection {
@@ -323,6 +326,7 @@ impl Default for MqttSection {
             keep_alive: HumanDuration(Duration::from_secs(30)),
             reconnect_max: HumanDuration(Duration::from_secs(30)),
             embedded_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1883)),
+            embedded_ws_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9001)),
         }
     }
 }
@@ -595,6 +599,28 @@ impl Default for ReplicationSection {
             factor: 2,
             sweep_interval: HumanDuration(Duration::from_secs(60)),
             queue_max: 10_000,
+        }
+    }
+}
+
+/// The web page served by the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSection {
+    /// Serve the page (on in the built-in default, off in board profiles).
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// MQTT-over-WebSocket URL the page uses; empty: the embedded broker's, or
+    /// ws://<broker host>:9001/mqtt.
+    pub mqtt_ws_url: String,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt_ws_url: String::new(),
         }
     }
 }

@@ -13,15 +13,20 @@ const MAX_PAYLOAD: usize = 256 << 10;
 
 /// Starts the broker on its own threads. Fails at once, with a hint, if the address is
 /// taken (rumqttd itself would only log that from inside its thread).
-pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+pub fn start(listen: SocketAddr, ws_listen: Option<SocketAddr>) -> anyhow::Result<()> {
     drop(std::net::TcpListener::bind(listen).map_err(|e| {
         anyhow::anyhow!(
             "embedded MQTT broker cannot listen on {listen}: {e}. Another broker (mosquitto?) may be running there: \
              point mqtt.broker at it (--broker mqtt://{listen}) or move mqtt.embedded_listen"
         )
     })?);
-    let server = ServerSettings {
-        name: "embedded".into(),
+    if let Some(ws) = ws_listen {
+        drop(std::net::TcpListener::bind(ws).map_err(|e| {
+            anyhow::anyhow!("embedded MQTT broker cannot listen for WebSockets on {ws}: {e} (mqtt.embedded_ws_listen)")
+        })?);
+    }
+    let settings = |name: &str, listen| ServerSettings {
+        name: name.into(),
         listen,
         tls: None,
         next_connection_delay_ms: 1,
@@ -34,6 +39,9 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             dynamic_filters: true,
         },
     };
+    let server = settings("embedded", listen);
+    let ws =
+        ws_listen.map(|w| HashMap::from([("embedded-ws".to_string(), settings("embedded-ws", w))]));
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -45,6 +53,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             ..Default::default()
         },
         v4: Some(HashMap::from([("embedded".to_string(), server)])),
+        ws,
         ..Default::default()
     };
     let mut broker = Broker::new(config);

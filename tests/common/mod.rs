@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: run the real binary, wait for what it prints.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mosquitto;
 
 use std::io::{BufRead, BufReader};
@@ -153,7 +154,20 @@ pub const TEST_SETS: &[&str] = &[
     "sensors.interval=500ms",
     "mqtt.keep_alive=5s",
     "webrtc.bind=[\"127.0.0.1:0\"]",
+    "web.enabled=false",
 ];
+
+/// `--set`s that move every listener of the built-in default to free loopback ports.
+pub fn free_listeners() -> Vec<String> {
+    vec![
+        format!("mqtt.embedded_listen=127.0.0.1:{}", mosquitto::free_port()),
+        format!(
+            "mqtt.embedded_ws_listen=127.0.0.1:{}",
+            mosquitto::free_port()
+        ),
+        format!("web.listen=127.0.0.1:{}", mosquitto::free_port()),
+    ]
+}
 
 /// Starts `ddc-edge run` on `broker` with the test settings plus `extra` `--set`s, and
 /// waits until it is connected.

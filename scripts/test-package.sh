@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds the arm64 and armhf packages and checks them: metadata, file lists, conffiles,
+# maintainer scripts (shellcheck), the systemd unit (systemd-analyze verify), and the
+# arm64 binary from the package run under qemu: --version, check-config on the shipped
+# config, and init --board rpi4 into a temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "error: $*" >&2; exit 1; }
+
+echo "== shellcheck maintainer scripts"
+shellcheck -s sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm
+shellcheck scripts/*.sh .ci/run
+
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  deb=$(scripts/package.sh "$target" | tail -n 1)
+  echo "== $deb"
+  info=$(dpkg-deb -I "$deb")
+  want_arch=arm64; [ "$target" = armv7-unknown-linux-gnueabihf ] && want_arch=armhf
+  grep -q "^ Architecture: $want_arch\$" <<<"$info" || fail "$deb: architecture is not $want_arch"
+  grep -q "^ Package: ddc-edge\$" <<<"$info" || fail "$deb: package name"
+  grep -q "^ Depends: libc6 (>= 2\.[0-9]*), adduser\$" <<<"$info" || fail "$deb: depends"
+  [ "$(dpkg-deb -f "$deb" Version)" = "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" ] || fail "$deb: version"
+  files=$(dpkg-deb -c "$deb")
+  for f in ./usr/bin/ddc-edge ./etc/ddc-edge/config.toml ./lib/systemd/system/ddc-edge.service \
+           ./usr/lib/sysctl.d/60-ddc-edge.conf ./usr/share/doc/ddc-edge/copyright ./usr/share/doc/ddc-edge/docs/deploy.md; do
+    grep -q " $f\$" <<<"$files" || fail "$deb lacks $f"
+  done
+  grep -q 'root/root .* ./usr/bin/ddc-edge$' <<<"$files" || fail "$deb: files must be owned by root"
+  ctl=$(mktemp -d)
+  dpkg-deb -e "$deb" "$ctl"
+  [ "$(cat "$ctl/conffiles")" = /etc/ddc-edge/config.toml ] || fail "$deb: conffiles"
+  for s in postinst prerm postrm; do
+    [ -x "$ctl/$s" ] || fail "$deb: $s is missing or not executable"
+  done
+  rm -rf "$ctl"
+  echo "   $(grep -E '^ (Architecture|Version|Installed-Size|Depends):' <<<"$info" | tr -s ' ' | tr '\n' ';')"
+done
+
+echo "== the arm64 package, extracted and run under qemu"
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+dpkg-deb -x target/package/ddc-edge_*_arm64.deb "$root"
+run() { qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/ddc-edge" "$@"; }
+v=$(run --version)
+[[ $v == "ddc-edge "* ]] || fail "--version said: $v"
+echo "   $v"
+run check-config --config "$root/etc/ddc-edge/config.toml"
+run init --board rpi4 --out "$root/tmp-init/config.toml"
+run check-config --config "$root/tmp-init/config.toml"
+run init --board rpi4 --out "$root/tmp-init/config.toml" 2>&1 | grep -q "nothing to do" || fail "init is not idempotent"
+grep -q '^open_writes = false' "$root/etc/ddc-edge/config.toml" || fail "the shipped config must be closed for writes"
+
+echo "== systemd-analyze verify"
+# verify resolves ExecStart inside --root, where the ARM binary sits.
+systemd-analyze verify --root="$root" /lib/systemd/system/ddc-edge.service
+echo "== package checks passed"

@@ -1,0 +1,109 @@
+//! The browser as a peer: the agent's web page in headless Chromium stores and fetches
+//! files over WebRTC, signaling through mosquitto's WebSocket listener with the same
+//! signed messages as native peers.
+
+mod common;
+use common::browser::drive;
+use common::mosquitto::{Mosquitto, free_port};
+use common::*;
+use std::path::Path;
+
+struct Net {
+    m: Mosquitto,
+    url: String,
+    _agents: Vec<(Running, tempfile::TempDir)>,
+}
+
+/// mosquitto with a WebSocket listener, and three agents; the first serves the page.
+fn network() -> Net {
+    let ws = free_port();
+    let m = Mosquitto::start_with(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+    let web = free_port();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra: Vec<String> = vec![];
+        if i == 0 {
+            extra.push("web.enabled=true".into());
+            extra.push(format!("web.listen=127.0.0.1:{web}"));
+            extra.push(format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"));
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let a = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &extra);
+        agents.push((a, dir));
+    }
+    Net {
+        m,
+        url: format!("http://127.0.0.1:{web}/"),
+        _agents: agents,
+    }
+}
+
+fn artifacts() -> std::path::PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_page_stores_10_mib_and_fetches_it_back_byte_identical() {
+    let net = network();
+    let out = artifacts();
+    let r = drive(&net.url, 3, &["roundtrip", out.to_str().unwrap(), "10"]);
+    assert_eq!(r["same"], true);
+    assert_eq!(r["size"], 10 << 20);
+    assert!(out.join("page.png").exists(), "no screenshot");
+    let online = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "online")
+        .count();
+    assert_eq!(
+        online, 3,
+        "the screenshot should show three nodes: {}",
+        r["nodes"]
+    );
+    let c2c = drive(&net.url, 3, &["c2c", "32"]);
+    let c2c_mb_s = c2c["mb_s"].as_f64().unwrap();
+    eprintln!(
+        "browser <-> agent (debug build): upload {:.1} MB/s, download {:.1} MB/s; Chromium <-> Chromium in one page: {c2c_mb_s:.1} MB/s; \
+         ratios {:.2} / {:.2} (release figures: cargo bench --bench browser); screenshot {}",
+        r["upload_mb_s"].as_f64().unwrap(),
+        r["download_mb_s"].as_f64().unwrap(),
+        r["upload_mb_s"].as_f64().unwrap() / c2c_mb_s,
+        r["download_mb_s"].as_f64().unwrap() / c2c_mb_s,
+        out.join("page.png").display()
+    );
+}
+
+#[test]
+fn the_page_fetches_a_file_stored_by_the_cli() {
+    let net = network();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("cli.bin");
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let mut args: Vec<String> = [
+        "put",
+        file.to_str().unwrap(),
+        "--config",
+        "/dev/null",
+        "--broker",
+        &net.m.url(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(["--key".into(), work.path().join("k").display().to_string()]);
+    for s in TEST_SETS {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).lines().last().unwrap().trim().to_string();
+    let sha = ddc_edge::store::ChunkId::of(&data).to_string();
+    let r = drive(&net.url, 3, &["fetch", &id, &sha]);
+    assert_eq!(r["size"], data.len());
+}

@@ -1,0 +1,92 @@
+// Drives the agent's web page in headless Chromium (/usr/bin/chromium; playwright-core
+// never downloads a browser). Prints one JSON line of results.
+//
+//   node run.mjs URL roundtrip OUT_DIR [MiB]   store random bytes from the page, fetch them back
+//   node run.mjs URL fetch FILE_ID SHA256       fetch a file stored by someone else
+//   node run.mjs URL c2c [MiB]                  Chromium-to-Chromium data-channel throughput
+import { chromium } from "playwright-core";
+
+const [url, mode, ...rest] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const fail = async (msg) => {
+  console.log(JSON.stringify({ ok: false, error: msg }));
+  await browser.close();
+  process.exit(1);
+};
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  page.on("console", (m) => console.error(`[page] ${m.text()}`));
+  await page.goto(url);
+  await page.waitForFunction(() => document.body.dataset.ready === "1" || document.body.dataset.error, null, { timeout: 30000 });
+  const err = await page.evaluate(() => document.body.dataset.error);
+  if (err) await fail(`page error: ${err}`);
+  const want = Number(process.env.NODES || 1);
+  await page.waitForFunction((n) => window.ddc.nodes().filter((x) => x.status === "online" && x.level).length >= n, want, { timeout: 30000 });
+
+  if (mode === "roundtrip") {
+    const [out, mib = "10"] = rest;
+    const r = await page.evaluate(async (mib) => {
+      const bytes = new Uint8Array(mib * 1024 * 1024);
+      for (let off = 0; off < bytes.length; off += 65536) crypto.getRandomValues(bytes.subarray(off, off + 65536));
+      const sha = await window.ddc.sha256hex(bytes);
+      const put = await window.ddc.storeBytes(bytes, `${mib} MiB of random bytes`);
+      const got = await window.ddc.fetchBytes(put.id);
+      return {
+        id: put.id, sha, same: (await window.ddc.sha256hex(got.bytes)) === sha, size: got.bytes.length,
+        upload_mb_s: bytes.length / put.seconds / 1e6, download_mb_s: bytes.length / got.seconds / 1e6,
+      };
+    }, Number(mib));
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 1500))); // a health round for the table
+    await page.screenshot({ path: `${out}/page.png`, fullPage: true });
+    console.log(JSON.stringify({ ok: r.same, ...r, nodes: await page.evaluate(() => window.ddc.nodes()) }));
+  } else if (mode === "fetch") {
+    const [id, sha] = rest;
+    const r = await page.evaluate(async ([id]) => {
+      const got = await window.ddc.fetchBytes(id);
+      return { sha: await window.ddc.sha256hex(got.bytes), size: got.bytes.length };
+    }, [id]);
+    console.log(JSON.stringify({ ok: r.sha === sha, ...r }));
+  } else if (mode === "c2c") {
+    const [mib = "32"] = rest;
+    const r = await page.evaluate(async (mib) => {
+      const a = new RTCPeerConnection(), b = new RTCPeerConnection();
+      a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+      b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+      const dc = a.createDataChannel("bench", { ordered: true });
+      dc.binaryType = "arraybuffer";
+      const total = mib * 1024 * 1024, msg = new Uint8Array(65536);
+      const received = new Promise((resolve) => {
+        b.ondatachannel = (e) => {
+          let got = 0, t0;
+          e.channel.onmessage = (m) => {
+            t0 ??= performance.now();
+            got += m.data.byteLength;
+            if (got >= total) resolve((performance.now() - t0) / 1000);
+          };
+        };
+      });
+      await a.setLocalDescription(await a.createOffer());
+      await b.setRemoteDescription(a.localDescription);
+      await b.setLocalDescription(await b.createAnswer());
+      await a.setRemoteDescription(b.localDescription);
+      await new Promise((r) => (dc.onopen = r));
+      dc.bufferedAmountLowThreshold = 1 << 20;
+      for (let sent = 0; sent < total; sent += msg.length) {
+        if (dc.bufferedAmount > 4 << 20) await new Promise((r) => (dc.onbufferedamountlow = r));
+        dc.send(msg);
+      }
+      const s = await received;
+      return { mb_s: total / s / 1e6 };
+    }, Number(mib));
+    console.log(JSON.stringify({ ok: true, ...r }));
+  } else {
+    await fail(`unknown mode ${mode}`);
+  }
+} catch (e) {
+  await fail(String(e && e.stack || e));
+}
+await browser.close();

@@ -1,0 +1,168 @@
+// The ddc-edge page: the nodes of the network, storing and fetching files over WebRTC.
+import { Mqtt } from "./mqtt.js";
+import { NodeConn, identity, fetchFile, storeFile, hex, sha256 } from "./protocol.js";
+
+const $ = (s) => document.querySelector(s);
+const nodes = new Map(); // id -> { status, health }
+const inbox = new Map(); // session -> handler
+let mqtt, me, cfg, replyTopic;
+const conns = new Map();
+
+function log(text) {
+  const li = document.createElement("li");
+  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  $("#log").prepend(li);
+}
+
+function render() {
+  const rows = [...nodes.entries()].filter(([, n]) => n.health || n.status).sort(([a], [b]) => a.localeCompare(b));
+  $("#nodes tbody").innerHTML = rows.map(([id, n]) => {
+    const h = n.health || {};
+    const gb = (b) => (b == null ? "-" : (b / 1e9).toFixed(2) + " GB");
+    const cls = n.status === "online" ? h.level || "full" : "offline";
+    return `<tr class="${cls}" data-node="${id}">
+      <td title="${id}">${h.name || id.slice(0, 8)}</td>
+      <td>${n.status || "?"}</td>
+      <td>${n.status === "online" ? h.level || "?" : "-"}</td>
+      <td>${h.cpu_temp_c == null ? "-" : h.cpu_temp_c.toFixed(1) + " °C"}</td>
+      <td>${h.battery_percent == null ? (h.on_battery === false ? "mains" : "-") : h.battery_percent.toFixed(0) + " %"}</td>
+      <td>${gb(h.disk?.used_bytes)} / ${gb(h.disk?.offered_bytes)}</td>
+      <td>${gb(h.disk?.free_bytes)}</td></tr>`;
+  }).join("");
+  $("#count").textContent = `${rows.filter(([, n]) => n.status === "online").length} online`;
+}
+
+function onlineNodes() {
+  const ids = [...nodes.entries()].filter(([, n]) => n.status === "online").map(([id]) => id);
+  // The node serving this page first, then the one with the most room.
+  return ids.sort((a, b) => (a === cfg.node_id ? -1 : b === cfg.node_id ? 1 : (nodes.get(b).health?.disk?.free_bytes || 0) - (nodes.get(a).health?.disk?.free_bytes || 0)));
+}
+
+async function conn(nodeId) {
+  if (!conns.has(nodeId)) conns.set(nodeId, NodeConn.open(mqtt, me, cfg.prefix, nodeId, replyTopic, inbox));
+  try {
+    return await conns.get(nodeId);
+  } catch (e) {
+    conns.delete(nodeId);
+    throw e;
+  }
+}
+
+function progress(total, label) {
+  let done = 0;
+  const bar = $("#progress");
+  bar.max = total;
+  bar.value = 0;
+  $("#progress-label").textContent = label;
+  const step = (n) => {
+    done += n;
+    bar.value = done;
+  };
+  step.setTotal = (t) => { bar.max = t; };
+  return step;
+}
+
+async function storeBytes(bytes, name = "file") {
+  const target = onlineNodes()[0];
+  if (!target) throw new Error("no node is online");
+  const c = await conn(target);
+  if (!c.canWrite) throw new Error(`node ${target} does not accept writes from this browser's key (${me.publicKey}); an operator adds it to security.allowed_writers`);
+  const t = performance.now();
+  const id = await storeFile(c, bytes, cfg.chunk_size, progress(bytes.length, `storing ${name}`));
+  const s = (performance.now() - t) / 1000;
+  log(`stored ${name} (${bytes.length} bytes) on ${target.slice(0, 8)} as ${id} in ${s.toFixed(2)} s`);
+  $("#stored-id").value = id;
+  return { id, seconds: s };
+}
+
+async function fetchBytes(id) {
+  let lastError;
+  for (const nodeId of onlineNodes()) {
+    try {
+      const c = await conn(nodeId);
+      const t = performance.now();
+      const step = progress(1, `fetching ${id.slice(0, 12)}…`);
+      const bytes = await fetchFile(c, id, step, step.setTotal);
+      const s = (performance.now() - t) / 1000;
+      log(`fetched ${id.slice(0, 12)}… (${bytes.length} bytes, every chunk verified) from ${nodeId.slice(0, 8)} in ${s.toFixed(2)} s`);
+      return { bytes, seconds: s };
+    } catch (e) {
+      lastError = e;
+    }
+  }
+  throw lastError || new Error("no node is online");
+}
+
+async function main() {
+  cfg = await (await fetch("config.json")).json();
+  me = await identity();
+  replyTopic = `${cfg.prefix}/clients/${me.id}/signal`;
+  $("#me").textContent = me.id;
+  $("#pubkey").textContent = me.publicKey;
+  mqtt = new Mqtt(cfg.mqtt_ws_url, `ddc-web-${me.id.slice(0, 8)}-${hex(crypto.getRandomValues(new Uint8Array(3)))}`);
+  mqtt.onMessage((topic, payload) => {
+    const text = new TextDecoder().decode(payload);
+    if (topic === replyTopic) {
+      try {
+        const e = JSON.parse(text);
+        const h = inbox.get(e.session);
+        if (h) h(e);
+      } catch (_) { /* not ours */ }
+      return;
+    }
+    const m = topic.match(/\/nodes\/([^/]+)\/(status|health)$/);
+    if (!m) return;
+    const n = nodes.get(m[1]) || {};
+    if (m[2] === "status") n.status = text;
+    else try { n.health = JSON.parse(text); } catch (_) { return; }
+    nodes.set(m[1], n);
+    render();
+  });
+  await mqtt.connect();
+  mqtt.subscribe(replyTopic);
+  mqtt.subscribe(`${cfg.prefix}/nodes/+/status`);
+  mqtt.subscribe(`${cfg.prefix}/nodes/+/health`, 0);
+  log(`connected to ${cfg.mqtt_ws_url} as ${me.id}`);
+
+  const drop = $("#drop");
+  const storeFiles = async (files) => {
+    for (const f of files) {
+      try {
+        await storeBytes(new Uint8Array(await f.arrayBuffer()), f.name);
+      } catch (e) {
+        log(`error: ${e.message}`);
+      }
+    }
+  };
+  drop.ondragover = (e) => { e.preventDefault(); drop.classList.add("over"); };
+  drop.ondragleave = () => drop.classList.remove("over");
+  drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove("over"); storeFiles(e.dataTransfer.files); };
+  $("#file").onchange = (e) => storeFiles(e.target.files);
+  $("#fetch").onclick = async () => {
+    const id = $("#fetch-id").value.trim();
+    try {
+      const { bytes } = await fetchBytes(id);
+      const a = $("#download");
+      a.href = URL.createObjectURL(new Blob([bytes]));
+      a.download = id.slice(0, 16) + ".bin";
+      a.textContent = `download ${bytes.length} bytes`;
+    } catch (e) {
+      log(`error: ${e.message}`);
+    }
+  };
+  document.body.dataset.ready = "1";
+}
+
+// For tests and the console.
+window.ddc = {
+  storeBytes,
+  fetchBytes,
+  sha256hex: async (b) => hex(await sha256(b)),
+  nodes: () => [...nodes.entries()].map(([id, n]) => ({ id, status: n.status, level: n.health?.level })),
+  me: () => me,
+};
+
+main().catch((e) => {
+  log(`error: ${e.message}`);
+  document.body.dataset.error = e.message;
+});
