@@ -10,7 +10,7 @@ APT_PACKAGES=(
   qemu-user binutils
   mosquitto mosquitto-clients openssl shellcheck systemd
   python3 python3-venv
-  chromium nodejs npm
+  chromium
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 
@@ -22,6 +22,10 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm by command, not by package: a NodeSource nodejs bundles npm and
+# conflicts with Debian's npm package.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq
