@@ -162,6 +162,11 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         cfg.bandwidth.replication.0,
     )));
     let replication_stats = Arc::new(replication::Stats::default());
+    let factors = Arc::new(replication::factors::Factors::open(
+        &cfg.storage.data_dir.join("replication"),
+        cfg.replication.factor,
+        cfg.replication.max_factor,
+    )?);
     let serving = ReplicationServing {
         is_node: {
             let membership = Arc::clone(&membership);
@@ -174,6 +179,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         },
         budget: Arc::clone(&replication_budget),
         stats: Arc::clone(&replication_stats),
+        factors: Arc::clone(&factors),
     };
     let server = NodeServer::new(
         &cfg,
@@ -193,6 +199,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             Arc::clone(&membership),
             Arc::clone(&replication_budget),
             Arc::clone(&replication_stats),
+            Arc::clone(&factors),
         )?;
         let health = Arc::clone(&r);
         controller.add_health_section("replication", move || health.health());

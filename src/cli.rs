@@ -76,6 +76,10 @@ pub enum Command {
         /// This client's key (created on first use).
         #[arg(long, value_name = "PATH")]
         key: Option<PathBuf>,
+        /// Copies to keep across the fleet, when more than replication.factor (nodes cap
+        /// it at replication.max_factor).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=8))]
+        replicas: Option<u8>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -209,11 +213,12 @@ pub fn main() -> ExitCode {
             file,
             to,
             key,
+            replicas,
             config,
         } => with_config(&config, |loaded| {
             client_runtime(&loaded.config, |cfg| async move {
                 let key = key.unwrap_or_else(crate::transfer::default_key_path);
-                let id = crate::transfer::put(&cfg, &key, &file, &to).await?;
+                let id = crate::transfer::put(&cfg, &key, &file, &to, replicas).await?;
                 println!("{id}");
                 Ok(())
             })

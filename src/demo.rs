@@ -163,8 +163,33 @@ impl Demo {
         c
     }
 
+    /// An agent that exits on its own (a port in use, a bad setting) ends the demo with
+    /// the tail of its log rather than a timeout further on.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            let Some(child) = &mut n.child else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = n
+                    .dir
+                    .parent()
+                    .map(|d| d.join("agent.log"))
+                    .unwrap_or_default();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "{} exited early ({status}); the end of {}:\n  {}",
+                    n.name,
+                    log.display(),
+                    tail.join("\n  ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     async fn watch_until(
-        &self,
+        &mut self,
         note: &str,
         timeout: Duration,
         mut done: impl FnMut(&Demo) -> bool,
@@ -172,6 +197,7 @@ impl Demo {
         let deadline = Instant::now() + timeout;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            self.check_alive()?;
             self.table(note);
             if done(self) {
                 return Ok(());
@@ -208,8 +234,14 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the ddc-edge binary")?;
     let port = free_port()?;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    crate::mqtt::broker::start(listen, None)?;
+    let ws_port = free_port()?;
+    crate::mqtt::broker::start(
+        listen,
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], ws_port))),
+    )?;
     let broker = format!("mqtt://127.0.0.1:{port}");
+    // node1 serves the page, so the network can be watched (and used) from a browser.
+    let web_port = free_port()?;
     println!(
         "ddc-edge demo: embedded broker on {broker}, three agents, files under {}",
         work.display()
@@ -222,6 +254,14 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
         fake_board(&sysfs, temp)?;
         let identity = crate::identity::Identity::load_or_create(&dir.join("data"))?;
         let log = std::fs::File::create(dir.join("agent.log"))?;
+        let web: Vec<String> = if i == 0 {
+            vec![
+                format!("web.listen=127.0.0.1:{web_port}"),
+                format!("web.mqtt_ws_url=ws://127.0.0.1:{ws_port}/mqtt"),
+            ]
+        } else {
+            vec!["web.enabled=false".into()]
+        };
         let child = Command::new(&exe)
             .args(["run", "--config", "/dev/null", "--broker", &broker])
             .arg("--data-dir")
@@ -250,6 +290,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
                 "--set",
                 "storage.chunk_size=256KiB",
             ])
+            .args(web.iter().flat_map(|s| ["--set", s.as_str()]))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -266,6 +307,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
     for n in &nodes {
         println!("  {} is {}", n.name, n.id);
     }
+    println!("  watch it in a browser: http://127.0.0.1:{web_port}/");
 
     let mut cfg = Config::default();
     cfg.mqtt.broker = broker.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -273,7 +315,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
     cfg.storage.chunk_size = crate::units::ByteSize(256 << 10);
     let healths: Healths = Arc::default();
     let watcher = watch_health(&cfg, Arc::clone(&healths)).await?;
-    let demo = Demo {
+    let mut demo = Demo {
         nodes,
         healths,
         started: Instant::now(),
@@ -301,7 +343,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
     std::fs::write(&file, &data)?;
     let key = work.join("client.key");
     println!("\n1. storing an 8 MiB file on node1 (factor 2; replication budget 2 MiB/s per node)");
-    let file_id = transfer::put(&cfg, &key, &file, &[demo.nodes[0].id.clone()]).await?;
+    let file_id = transfer::put(&cfg, &key, &file, &[demo.nodes[0].id.clone()], None).await?;
     println!("  file ID {file_id}");
     demo.watch_until("replicating", Duration::from_secs(10), |d| {
         d.replication_bytes(1) > 0 || d.replication_bytes(2) > 0
@@ -358,7 +400,6 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
 
     // 4. Kill node3: the other two repair.
     println!("\n4. killing node3 (its last will marks it offline; the others repair)");
-    let mut demo = demo;
     if let Some(mut c) = demo.nodes[2].child.take() {
         let _ = c.kill();
         let _ = c.wait();

@@ -225,12 +225,14 @@ fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Bytes> {
 }
 
 /// Uploads a file to `targets` (or to the online node with the most room) and returns
-/// its ID.
+/// its ID. `replicas`: copies wanted when more than the fleet default (recorded in the
+/// manifest).
 pub async fn put(
     cfg: &Config,
     key: &Path,
     file: &Path,
     targets: &[String],
+    replicas: Option<u8>,
 ) -> anyhow::Result<ChunkId> {
     let hub = ClientHub::join(cfg, key).await?;
     let targets: Vec<String> = if targets.is_empty() {
@@ -254,6 +256,7 @@ pub async fn put(
         size,
         chunk_size,
         chunks: chunks.iter().map(|(id, _, _)| *id).collect(),
+        replicas,
     };
     let manifest_bytes = Bytes::from(manifest.encode());
     let file_id = ChunkId::of(&manifest_bytes);

@@ -7,11 +7,13 @@ use common::browser::drive;
 use common::mosquitto::{Mosquitto, free_port};
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 struct Net {
     m: Mosquitto,
     url: String,
-    _agents: Vec<(Running, tempfile::TempDir)>,
+    /// The agents and their data dirs; the first serves the page.
+    agents: Vec<(Running, tempfile::TempDir)>,
 }
 
 /// mosquitto with a WebSocket listener, and three agents; the first serves the page.
@@ -22,7 +24,10 @@ fn network() -> Net {
     let mut agents = Vec::new();
     for i in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        let mut extra: Vec<String> = vec![];
+        let mut extra: Vec<String> = vec![
+            "replication.sweep_interval=1s".into(),
+            "storage.fsync=false".into(),
+        ];
         if i == 0 {
             extra.push("web.enabled=true".into());
             extra.push(format!("web.listen=127.0.0.1:{web}"));
@@ -35,7 +40,7 @@ fn network() -> Net {
     Net {
         m,
         url: format!("http://127.0.0.1:{web}/"),
-        _agents: agents,
+        agents,
     }
 }
 
@@ -77,6 +82,8 @@ fn the_page_stores_10_mib_and_fetches_it_back_byte_identical() {
     );
 }
 
+/// A file stored by the CLI on another node and spread by replication (factor 2 over
+/// three nodes) is fetched by the page chunk by chunk from whichever nodes hold them.
 #[test]
 fn the_page_fetches_a_file_stored_by_the_cli() {
     let net = network();
@@ -86,9 +93,13 @@ fn the_page_fetches_a_file_stored_by_the_cli() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     std::fs::write(&file, &data).unwrap();
+    let page_node = node_id(net.agents[0].1.path());
+    let other = node_id(net.agents[1].1.path());
     let mut args: Vec<String> = [
         "put",
         file.to_str().unwrap(),
+        "--to",
+        &other,
         "--config",
         "/dev/null",
         "--broker",
@@ -97,13 +108,51 @@ fn the_page_fetches_a_file_stored_by_the_cli() {
     .map(String::from)
     .to_vec();
     args.extend(["--key".into(), work.path().join("k").display().to_string()]);
-    for s in TEST_SETS {
+    // Small chunks: dozens of them, so placement all but surely leaves
+    // some off the page's own node (checked below, not assumed).
+    for s in TEST_SETS.iter().chain(&["storage.chunk_size=64KiB"]) {
         args.extend(["--set".to_string(), s.to_string()]);
     }
     let o = bin().args(&args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let id = stdout(&o).lines().last().unwrap().trim().to_string();
+    // Distinct chunks plus the manifest (this pattern repeats every 2 MiB).
+    let objects = data
+        .chunks(64 << 10)
+        .map(ddc_edge::store::ChunkId::of)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        + 1;
+    let dirs: Vec<&Path> = net.agents.iter().map(|(_, d)| d.path()).collect();
+    wait_until(
+        "replication to settle at 2 copies of every chunk",
+        Duration::from_secs(90),
+        || {
+            let c = chunk_copies(&dirs);
+            c.len() == objects && c.values().all(|&n| n == 2)
+        },
+    );
+    let on_page_node = chunk_copies(&dirs[..1]).len();
+    assert!(
+        on_page_node < objects,
+        "the page's node holds all {objects} chunks; the test wants a spread file"
+    );
     let sha = ddc_edge::store::ChunkId::of(&data).to_string();
     let r = drive(&net.url, 3, &["fetch", &id, &sha]);
     assert_eq!(r["size"], data.len());
+    let from: Vec<&str> = r["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        from.first(),
+        Some(&page_node.as_str()),
+        "asks its own node first"
+    );
+    assert!(
+        from.len() >= 2,
+        "the page's node holds {on_page_node} of {objects} chunks, so the rest must come from other nodes: {from:?}"
+    );
 }

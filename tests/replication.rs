@@ -82,29 +82,8 @@ fn start(m: &Mosquitto, battery: Option<(u32, &str)>, extra: &[&str]) -> Node {
 
 /// Chunk ID -> number of nodes holding it, from the nodes' data dirs.
 fn copies(nodes: &[&Node]) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for n in nodes {
-        let root = n.dir.path().join("store/chunks");
-        for fan in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            for e in std::fs::read_dir(fan.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                *c.entry(e.file_name().to_string_lossy().into_owned())
-                    .or_insert(0) += 1;
-            }
-        }
-    }
-    c
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let dirs: Vec<&Path> = nodes.iter().map(|n| n.dir.path()).collect();
+    chunk_copies(&dirs)
 }
 
 fn put(m: &Mosquitto, key: &Path, file: &Path, to: &str, chunk: &str) -> String {

@@ -246,17 +246,36 @@ export async function storeFile(conn, bytes, chunkSize, onProgress) {
 }
 
 /** Fetches a file by ID, verifying every chunk as it arrives; four chunks in flight.
+ *  Replication spreads a file's chunks over several nodes, so no one node need hold
+ *  them all: `source(i)` gives the i-th node to ask (a promise of a NodeConn, opened
+ *  lazily) or null when there are no more, and each chunk is asked of the nodes in
+ *  that order until one has it, as the CLI's `get` does.
  *  `onTotal(bytes)` is told the size once the manifest is in. */
-export async function fetchFile(conn, fileIdHex, onProgress, onTotal) {
+export async function fetchFile(source, fileIdHex, onProgress, onTotal) {
+  let limit = 4;
+  const fromAny = async (id, progress) => {
+    let lastError;
+    for (let i = 0; ; i++) {
+      const pending = source(i);
+      if (!pending) throw lastError || new Error("no node to fetch from");
+      try {
+        const c = await pending;
+        limit = Math.min(limit, c.maxInflight || limit);
+        return await c.get(id, progress);
+      } catch (e) {
+        lastError = e;
+      }
+    }
+  };
   const fileId = unhex(fileIdHex);
-  const m = await conn.get(fileId);
+  const m = await fromAny(fileId);
   if (hex(await sha256(m)) !== fileIdHex) throw new Error("the manifest does not match its ID");
   const manifest = JSON.parse(new TextDecoder().decode(m));
   if (onTotal) onTotal(manifest.size);
   const out = new Uint8Array(manifest.size);
-  await pipelined(manifest.chunks.length, Math.min(4, conn.maxInflight || 4), async (i) => {
+  await pipelined(manifest.chunks.length, limit, async (i) => {
     const idHex = manifest.chunks[i];
-    const c = await conn.get(unhex(idHex), onProgress);
+    const c = await fromAny(unhex(idHex), onProgress);
     if (hex(await sha256(c)) !== idHex) throw new Error(`chunk ${idHex} failed verification`);
     const want = i + 1 < manifest.chunks.length ? manifest.chunk_size : manifest.size - manifest.chunk_size * i;
     if (c.length !== want) throw new Error(`chunk ${i} has the wrong length`);

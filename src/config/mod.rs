@@ -586,6 +586,8 @@ impl Default for SecuritySection {
 pub struct ReplicationSection {
     /// Copies of every chunk across the fleet (1 turns replication off).
     pub factor: u8,
+    /// Most copies a client may ask for per file (`ddc-edge put --replicas`).
+    pub max_factor: u8,
     /// How often peers' listings are swept for chunks placed here (also on every
     /// membership change).
     pub sweep_interval: HumanDuration,
@@ -597,6 +599,7 @@ impl Default for ReplicationSection {
     fn default() -> Self {
         ReplicationSection {
             factor: 2,
+            max_factor: 4,
             sweep_interval: HumanDuration(Duration::from_secs(60)),
             queue_max: 10_000,
         }

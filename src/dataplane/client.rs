@@ -403,6 +403,20 @@ impl Conn {
         protocol::parse_list_body(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// One page of the node's per-file factors (chunks wanting more than the default).
+    pub async fn factors(
+        &self,
+        after: Option<&ChunkId>,
+        limit: u16,
+    ) -> Result<(Vec<(ChunkId, u8)>, bool), ClientError> {
+        let req = self.req();
+        let (status, body) = self
+            .call(req, vec![encode::factors(req, after, limit)])
+            .await?;
+        Self::check(status, &body)?;
+        protocol::parse_factors_body(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     pub async fn stat(&self) -> Result<serde_json::Value, ClientError> {
         let req = self.req();
         let (status, body) = self.call(req, vec![encode::stat(req)]).await?;

@@ -82,6 +82,8 @@ pub struct ReplicationServing {
     pub is_node: Box<dyn Fn(&str) -> bool + Send + Sync>,
     pub budget: Arc<Limiter>,
     pub stats: Arc<crate::replication::Stats>,
+    /// Per-file factors: learned from manifests stored here, served to peers (FACTORS).
+    pub factors: Arc<crate::replication::factors::Factors>,
 }
 
 pub struct NodeServer {
@@ -365,6 +367,7 @@ impl NodeServer {
             | Action::Has { req, .. }
             | Action::Delete { req, .. }
             | Action::List { req, .. }
+            | Action::Factors { req, .. }
             | Action::Stat { req } => *req,
         };
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +385,7 @@ impl NodeServer {
             .as_ref()
             .filter(|_| peer_is_node)
             .map(|r| (Arc::clone(&r.budget), Arc::clone(&r.stats)));
+        let factors = self.replication.as_ref().map(|r| Arc::clone(&r.factors));
         // Requests run concurrently; each answers on the shared channel and reports back.
         tokio::spawn(async move {
             let frames: Vec<Bytes> = match action {
@@ -431,8 +435,13 @@ impl NodeServer {
                         }
                     }
                 }
-                Action::Put { req, id, data } => match store.put(data, Some(id)).await {
+                Action::Put { req, id, data } => match store.put(data.clone(), Some(id)).await {
                     Ok(PutOutcome::Stored(_)) => {
+                        if let Some(f) = &factors
+                            && data.starts_with(b"{\"ddc_manifest\"")
+                        {
+                            let _ = f.record_manifest(id, &data);
+                        }
                         vec![encode::result(kind::PUT, req, Status::Ok, &[1])]
                     }
                     Ok(PutOutcome::AlreadyPresent(_)) => {
@@ -483,6 +492,18 @@ impl NodeServer {
                     }
                     Err(e) => vec![error_frame(kind::STAT, req, &e)],
                 },
+                Action::Factors { req, after, limit } => {
+                    let (page, more) = factors
+                        .as_ref()
+                        .map(|f| f.page(after, limit as usize))
+                        .unwrap_or_default();
+                    vec![encode::result(
+                        kind::FACTORS,
+                        req,
+                        Status::Ok,
+                        &protocol::factors_body(&page, more),
+                    )]
+                }
                 Action::Send(_) | Action::Close(_) => unreachable!("handled above"),
             };
             for f in frames {

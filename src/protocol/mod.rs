@@ -36,6 +36,8 @@ pub mod kind {
     pub const DELETE: u8 = 0x05;
     pub const LIST: u8 = 0x06;
     pub const STAT: u8 = 0x07;
+    /// Chunks wanting more copies than the default (replication).
+    pub const FACTORS: u8 = 0x08;
     pub const DATA: u8 = 0x10;
     /// A response is `RESPONSE | request type`.
     pub const RESPONSE: u8 = 0x80;
@@ -129,6 +131,11 @@ pub enum Request {
     },
     Stat {
         req: u32,
+    },
+    Factors {
+        req: u32,
+        after: Option<ChunkId>,
+        limit: u16,
     },
     Data {
         req: u32,
@@ -261,26 +268,28 @@ pub fn decode_request(frame: &Bytes) -> Result<Request, FrameError> {
                 id: id_at(b, 5),
             }
         }
-        kind::LIST => {
+        kind::LIST | kind::FACTORS => {
+            let what = if t == kind::LIST { "LIST" } else { "FACTORS" };
             if b.len() < 8 {
-                return Err(len_err("LIST", b.len(), "8 or 40"));
+                return Err(len_err(what, b.len(), "8 or 40"));
             }
             let limit = u16_at(b, 5);
             let after = match b[7] {
                 0 => {
-                    exact("LIST", 8)?;
+                    exact(what, 8)?;
                     None
                 }
                 1 => {
-                    exact("LIST", 40)?;
+                    exact(what, 40)?;
                     Some(id_at(b, 8))
                 }
-                _ => return Err(FrameError::Invalid("LIST has_after must be 0 or 1")),
+                _ => return Err(FrameError::Invalid("has_after must be 0 or 1")),
             };
-            Request::List {
-                req: u32_at(b, 1),
-                after,
-                limit,
+            let req = u32_at(b, 1);
+            if t == kind::LIST {
+                Request::List { req, after, limit }
+            } else {
+                Request::Factors { req, after, limit }
             }
         }
         kind::STAT => {
@@ -313,7 +322,7 @@ pub fn decode_response(frame: &Bytes) -> Result<Response, FrameError> {
             payload: frame.slice(DATA_HEADER..),
         });
     }
-    if t & kind::RESPONSE == 0 || !(kind::HELLO..=kind::STAT).contains(&(t & !kind::RESPONSE)) {
+    if t & kind::RESPONSE == 0 || !(kind::HELLO..=kind::FACTORS).contains(&(t & !kind::RESPONSE)) {
         return Err(FrameError::UnknownType(t));
     }
     if b.len() < 6 {
@@ -404,6 +413,12 @@ pub mod encode {
         head(kind::STAT, req, 0).freeze()
     }
 
+    pub fn factors(req: u32, after: Option<&ChunkId>, limit: u16) -> Bytes {
+        let mut b = BytesMut::from(&list(req, after, limit)[..]);
+        b[0] = kind::FACTORS;
+        b.freeze()
+    }
+
     /// One DATA frame. The payload is copied once, into the message buffer.
     pub fn data(req: u32, payload: &[u8]) -> BytesMut {
         let mut b = head(kind::DATA, req, payload.len());
@@ -465,6 +480,36 @@ pub fn parse_list_body(b: &[u8]) -> Result<(Vec<(ChunkId, u64)>, bool), FrameErr
     Ok((entries, b[2 + 36 * n] != 0))
 }
 
+/// Body of a successful FACTORS: `count u16`, `count x (id, factor u8)`, `more u8`.
+pub fn factors_body(entries: &[(ChunkId, u8)], more: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(3 + entries.len() * 33);
+    b.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+    for (id, f) in entries {
+        b.extend_from_slice(&id.0);
+        b.push(*f);
+    }
+    b.push(more as u8);
+    b
+}
+
+pub fn parse_factors_body(b: &[u8]) -> Result<(Vec<(ChunkId, u8)>, bool), FrameError> {
+    if b.len() < 3 {
+        return Err(len_err("FACTORS response", b.len(), "at least 3"));
+    }
+    let n = u16_at(b, 0) as usize;
+    if b.len() != 3 + 33 * n {
+        return Err(len_err(
+            "FACTORS response",
+            b.len(),
+            (3 + 33 * n).to_string(),
+        ));
+    }
+    let entries = (0..n)
+        .map(|i| (id_at(b, 2 + 33 * i), b[34 + 33 * i]))
+        .collect();
+    Ok((entries, b[2 + 33 * n] != 0))
+}
+
 /// Body of a successful HAS: `count u16` and a bitmap, most significant bit first.
 pub fn has_body(present: &[bool]) -> Vec<u8> {
     let mut b = (present.len() as u16).to_be_bytes().to_vec();
@@ -523,6 +568,7 @@ pub fn fuzz_one(data: &[u8]) {
             | server::Action::Has { req, .. }
             | server::Action::Delete { req, .. }
             | server::Action::List { req, .. }
+            | server::Action::Factors { req, .. }
             | server::Action::Stat { req } = action
             {
                 session.complete(req);
@@ -604,6 +650,14 @@ mod tests {
                 },
             ),
             (encode::stat(13), Request::Stat { req: 13 }),
+            (
+                encode::factors(15, Some(&id(5)), 9),
+                Request::Factors {
+                    req: 15,
+                    after: Some(id(5)),
+                    limit: 9,
+                },
+            ),
             (
                 encode::data(14, b"abc").freeze(),
                 Request::Data {

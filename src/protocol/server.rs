@@ -55,6 +55,11 @@ pub enum Action {
     Stat {
         req: u32,
     },
+    Factors {
+        req: u32,
+        after: Option<ChunkId>,
+        limit: u16,
+    },
     /// Close the channel; the reason is for the log.
     Close(String),
 }
@@ -184,7 +189,7 @@ impl Session {
         match request_id(frame) {
             Some(req)
                 if self.state == State::Ready
-                    && (kind::GET..=kind::STAT).contains(&t)
+                    && (kind::GET..=kind::FACTORS).contains(&t)
                     && !self.inflight.contains_key(&req) =>
             {
                 vec![Action::Send(encode::error(
@@ -206,6 +211,7 @@ impl Session {
             Request::Delete { req, .. } => (kind::DELETE, *req),
             Request::List { req, .. } => (kind::LIST, *req),
             Request::Stat { req } => (kind::STAT, *req),
+            Request::Factors { req, .. } => (kind::FACTORS, *req),
             Request::Hello { .. } | Request::Data { .. } => unreachable!("handled by on_frame"),
         };
         let refuse = |status, msg: &str| vec![Action::Send(encode::error(t, req, status, msg))];
@@ -302,6 +308,11 @@ impl Session {
                 }
             }
             Request::Stat { .. } => Action::Stat { req },
+            Request::Factors { after, limit, .. } => Action::Factors {
+                req,
+                after,
+                limit: limit.clamp(1, super::MAX_LIST as u16),
+            },
             Request::Hello { .. } | Request::Data { .. } => unreachable!(),
         };
         self.inflight.insert(req, Pending::Op);

@@ -12,6 +12,7 @@
 //! Pure parts: [`placement`], [`membership`]. Drivers: this module's [`Replicator`] (sweeps
 //! and the fetch worker) and the persistent [`queue`].
 
+pub mod factors;
 pub mod membership;
 pub mod placement;
 pub mod queue;
@@ -47,6 +48,7 @@ pub struct Stats {
 pub struct Replicator {
     my_id: String,
     factor: usize,
+    factors: Arc<factors::Factors>,
     sweep_interval: Duration,
     store: Arc<Store>,
     signal: Arc<Signal>,
@@ -71,6 +73,7 @@ impl Replicator {
         membership: Arc<Mutex<Membership>>,
         budget: Arc<Limiter>,
         stats: Arc<Stats>,
+        factors: Arc<factors::Factors>,
     ) -> anyhow::Result<Arc<Replicator>> {
         let queue = queue::Queue::open(
             &cfg.storage.data_dir.join("replication"),
@@ -82,6 +85,7 @@ impl Replicator {
         Ok(Arc::new(Replicator {
             my_id: my_id.to_string(),
             factor: cfg.replication.factor as usize,
+            factors,
             sweep_interval: cfg.replication.sweep_interval.0,
             store,
             signal,
@@ -111,6 +115,7 @@ impl Replicator {
             .map(|t| t.elapsed().as_secs());
         json!({
             "target_factor": self.factor,
+            "files_with_more_copies": self.factors.len(),
             "queued": self.queue.lock().unwrap_or_else(|p| p.into_inner()).len(),
             "pulled_chunks": s.pulled_chunks.load(Ordering::Relaxed),
             "pulled_bytes": s.pulled_bytes.load(Ordering::Relaxed),
@@ -195,6 +200,23 @@ impl Replicator {
             .collect();
         let min_free = self.min_free();
 
+        // Per-file factors first: a chunk may want more copies than the default.
+        for peer in &peers {
+            let Ok(conn) = self.conn(peer).await else {
+                continue;
+            };
+            let mut after: Option<ChunkId> = None;
+            while let Ok((page, more)) = conn.factors(after.as_ref(), 1024).await {
+                for (id, f) in &page {
+                    let _ = self.factors.record(*id, *f);
+                }
+                after = page.last().map(|(id, _)| *id);
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+        }
+
         // Pulls, from every peer's listing.
         let mut queued = 0usize;
         for peer in &peers {
@@ -227,7 +249,7 @@ impl Replicator {
                     let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                     for ((id, size), has) in page.iter().zip(have) {
                         if !has
-                            && place(id, &members, self.factor, min_free)
+                            && place(id, &members, self.factors.get(id), min_free)
                                 .contains(&self.my_id.as_str())
                             && q.push(*id, peer, *size)?
                         {
@@ -261,7 +283,8 @@ impl Replicator {
         let mut handoff: HashMap<String, Vec<ChunkId>> = HashMap::new();
         let mut candidates: Vec<(ChunkId, Vec<String>)> = Vec::new();
         for id in local {
-            let targets: Vec<String> = place(&id, &members, self.factor, min_free)
+            let factor = self.factors.get(&id);
+            let targets: Vec<String> = place(&id, &members, factor, min_free)
                 .into_iter()
                 .map(String::from)
                 .collect();
@@ -269,7 +292,7 @@ impl Replicator {
                 if !self.store.is_pinned(&id) {
                     let _ = self.store.pin(&id);
                 }
-            } else if eligible >= self.factor && targets.len() == self.factor {
+            } else if eligible >= factor && targets.len() == factor {
                 for t in &targets {
                     handoff.entry(t.clone()).or_default().push(id);
                 }

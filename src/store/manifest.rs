@@ -4,7 +4,8 @@
 //!
 //! A manifest is canonical JSON, so the same file always gets the same ID and a browser
 //! can read it with `JSON.parse`:
-//! `{"ddc_manifest":1,"size":<bytes>,"chunk_size":<bytes>,"chunks":["<id>",...]}`.
+//! `{"ddc_manifest":1,"size":<bytes>,"chunk_size":<bytes>,"chunks":["<id>",...]}`, with
+//! `,"replicas":<n>` at the end when a client asked for more copies than the default.
 //! Every chunk but the last is exactly `chunk_size` bytes; an empty file has no chunks.
 
 use super::id::ChunkId;
@@ -18,6 +19,10 @@ pub struct Manifest {
     pub size: u64,
     pub chunk_size: u32,
     pub chunks: Vec<ChunkId>,
+    /// Copies the client asked for, when more than the fleet default (capped by each
+    /// node's `replication.max_factor`). Absent in most manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +145,7 @@ pub fn split<R: Read>(
         size,
         chunk_size,
         chunks,
+        replicas: None,
     };
     let bytes = m.encode().len();
     if bytes as u64 > max_chunk {

@@ -965,6 +965,7 @@ impl Store {
             size,
             chunk_size,
             chunks,
+            replicas: None,
         };
         Ok(self.put(&m.encode())?.id())
     }

@@ -47,7 +47,7 @@ try {
     const [id, sha] = rest;
     const r = await page.evaluate(async ([id]) => {
       const got = await window.ddc.fetchBytes(id);
-      return { sha: await window.ddc.sha256hex(got.bytes), size: got.bytes.length };
+      return { sha: await window.ddc.sha256hex(got.bytes), size: got.bytes.length, from: got.from };
     }, [id]);
     console.log(JSON.stringify({ ok: r.sha === sha, ...r }));
   } else if (mode === "c2c") {

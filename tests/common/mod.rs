@@ -198,3 +198,32 @@ pub fn start_agent(broker: &str, dir: &Path, sysfs: &str, extra: &[&str]) -> Run
 pub fn emulated() -> bool {
     std::env::var("DDC_EDGE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
 }
+
+/// Chunk ID -> number of the data dirs whose store holds it (read straight from the
+/// fan-out directories, so what a test counts is what is on disk).
+pub fn chunk_copies(data_dirs: &[&Path]) -> std::collections::HashMap<String, usize> {
+    let mut c = std::collections::HashMap::new();
+    for d in data_dirs {
+        let root = d.join("store/chunks");
+        for fan in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(fan.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                *c.entry(e.file_name().to_string_lossy().into_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    c
+}
+
+/// Polls `f` every 200 ms until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
