@@ -99,6 +99,8 @@ struct Demo {
     nodes: Vec<DemoNode>,
     healths: Healths,
     started: Instant,
+    /// Multiplies every wait: 1 natively, more when the agents run under an emulator.
+    patience: u32,
 }
 
 impl Demo {
@@ -194,7 +196,7 @@ impl Demo {
         timeout: Duration,
         mut done: impl FnMut(&Demo) -> bool,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout * self.patience;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.check_alive()?;
@@ -207,6 +209,28 @@ impl Demo {
             }
         }
     }
+}
+
+/// The command that starts one of the demo's agents: this same binary, or, when
+/// `DDC_EDGE_AGENT_RUNNER` is set (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`), this
+/// binary under that command. An ARM build run under qemu-user on a PC needs it: the
+/// kernel there cannot start the ARM agents by itself (no binfmt_misc).
+fn agent_command(exe: &Path) -> Command {
+    match agent_runner() {
+        Some(r) => {
+            let mut parts = r.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or_default());
+            c.args(parts).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
+fn agent_runner() -> Option<String> {
+    std::env::var("DDC_EDGE_AGENT_RUNNER")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
 }
 
 pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
@@ -262,7 +286,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
         } else {
             vec!["web.enabled=false".into()]
         };
-        let child = Command::new(&exe)
+        let child = agent_command(&exe)
             .args(["run", "--config", "/dev/null", "--broker", &broker])
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -319,6 +343,8 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
         nodes,
         healths,
         started: Instant::now(),
+        // Emulated agents (qemu-user) are several times slower to connect and hash.
+        patience: if agent_runner().is_some() { 4 } else { 1 },
     };
     demo.watch_until(
         "waiting for the three agents",

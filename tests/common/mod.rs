@@ -20,6 +20,8 @@ pub fn bin() -> Command {
             let mut parts = r.split_whitespace();
             let mut c = Command::new(parts.next().unwrap());
             c.args(parts).arg(exe);
+            // `ddc-edge demo` starts agents of its own: the same emulator for them.
+            c.env("DDC_EDGE_AGENT_RUNNER", r.trim());
             c
         }
         _ => Command::new(exe),
