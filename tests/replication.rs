@@ -7,7 +7,7 @@ mod common;
 use common::mosquitto::{Mosquitto, Probe};
 use common::*;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,17 @@ fn copies(nodes: &[&Node]) -> HashMap<String, usize> {
 }
 
 fn put(m: &Mosquitto, key: &Path, file: &Path, to: &str, chunk: &str) -> String {
+    put_with(m, key, file, to, chunk, &[])
+}
+
+fn put_with(
+    m: &Mosquitto,
+    key: &Path,
+    file: &Path,
+    to: &str,
+    chunk: &str,
+    extra: &[&str],
+) -> String {
     let mut args: Vec<String> = [
         "put",
         file.to_str().unwrap(),
@@ -104,6 +115,7 @@ fn put(m: &Mosquitto, key: &Path, file: &Path, to: &str, chunk: &str) -> String 
         args.extend(["--set".to_string(), s.to_string()]);
     }
     args.extend(["--set".into(), format!("storage.chunk_size={chunk}")]);
+    args.extend(extra.iter().map(|s| s.to_string()));
     let o = bin().args(&args).output().unwrap();
     assert!(o.status.success(), "put: {}", stderr(&o));
     stdout(&o).lines().last().unwrap().trim().to_string()
@@ -152,6 +164,21 @@ fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     data
 }
 
+/// The IDs of a file's distinct chunks (1 MiB) and of its manifest.
+fn file_chunks(data: &[u8], file_id: &str) -> HashSet<String> {
+    data.chunks(1 << 20)
+        .map(|c| ddc_edge::store::ChunkId::of(c).to_string())
+        .chain([file_id.to_string()])
+        .collect()
+}
+
+/// True when every chunk in `ids` is held by exactly `n` of the nodes.
+fn held_by(copies: &HashMap<String, usize>, ids: &HashSet<String>, n: usize) -> bool {
+    ids.iter().all(|id| copies.get(id) == Some(&n))
+}
+
+/// The fleet default (2) for one file, `put --replicas 3` for another; then a node dies
+/// and the survivors restore what two nodes can hold.
 #[test]
 fn factor_two_gives_exactly_two_copies_and_survives_losing_a_node() {
     let m = Mosquitto::start();
@@ -165,18 +192,24 @@ fn factor_two_gives_exactly_two_copies_and_survives_losing_a_node() {
     let file = work.path().join("f");
     let data = random_file(&file, 6 << 20, 7);
     let file_id = put(&m, &key, &file, &a.id, "1MiB");
-    let total = 7; // six data chunks and the manifest
+    let two = file_chunks(&data, &file_id);
+    assert_eq!(two.len(), 7, "six data chunks and the manifest");
+    let file3 = work.path().join("f3");
+    let data3 = random_file(&file3, 3 << 20, 11);
+    let id3 = put_with(&m, &key, &file3, &b.id, "1MiB", &["--replicas", "3"]);
+    let three = file_chunks(&data3, &id3);
 
     wait_until(
-        "exactly two copies of every chunk",
+        "two copies of the default file's chunks, three of the --replicas 3 file's",
         Duration::from_secs(90),
         || {
-            let c = copies(&[&a, &b, &c]);
-            c.len() == total && c.values().all(|n| *n == 2)
+            let cp = copies(&[&a, &b, &c]);
+            cp.len() == two.len() + three.len() && held_by(&cp, &two, 2) && held_by(&cp, &three, 3)
         },
     );
 
-    // Lose a node: the other two restore two copies each.
+    // Lose a node: the other two restore two copies each (factor 3 cannot be met by two
+    // nodes, so both keep every chunk of that file).
     let mut gone = c.agent.take().unwrap();
     gone.signal(libc::SIGKILL);
     gone.wait_exit(Duration::from_secs(10));
@@ -185,13 +218,15 @@ fn factor_two_gives_exactly_two_copies_and_survives_losing_a_node() {
         Duration::from_secs(90),
         || {
             let cp = copies(&[&a, &b]);
-            cp.len() == total && cp.values().all(|n| *n == 2)
+            cp.len() == two.len() + three.len() && cp.values().all(|n| *n == 2)
         },
     );
-    let out = work.path().join("out");
-    let o = get(&m, &key, &file_id, &out, None);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(std::fs::read(&out).unwrap() == data);
+    for (id, want) in [(&file_id, &data), (&id3, &data3)] {
+        let out = work.path().join("out");
+        let o = get(&m, &key, id, &out, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::read(&out).unwrap() == *want);
+    }
     c.agent = None;
 }
 
