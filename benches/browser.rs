@@ -46,6 +46,12 @@ fn main() {
             "--set",
             &format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"),
         ])
+        // One extra agent setting to compare, e.g. DDC_BENCH_AGENT_SET=webrtc.send_buffer=256KiB
+        .args(
+            std::env::var("DDC_BENCH_AGENT_SET")
+                .map(|s| vec!["--set".to_string(), s])
+                .unwrap_or_default(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
