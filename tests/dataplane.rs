@@ -16,20 +16,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
-fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
 /// `ddc-edge put/get` with the test settings.
 fn client(m: &Mosquitto, key: &Path, args: &[&str]) -> std::process::Output {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();

@@ -150,20 +150,6 @@ fn get(
     bin().args(&args).output().unwrap()
 }
 
-fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
 /// The IDs of a file's distinct chunks (1 MiB) and of its manifest.
 fn file_chunks(data: &[u8], file_id: &str) -> HashSet<String> {
     data.chunks(1 << 20)

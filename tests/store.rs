@@ -43,20 +43,6 @@ fn chunks_on_disk(data_dir: &Path) -> (u64, u64) {
     (n, bytes)
 }
 
-fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
 fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or("").trim().to_string()
 }
