@@ -433,6 +433,17 @@ impl Conn {
         self.reader.is_finished()
     }
 
+    /// Fails every request in flight now and stops reading. For a peer known to be gone
+    /// (its last will said offline): its dead connection would otherwise hold requests
+    /// until their timeout, long after the fleet has moved on.
+    pub fn abandon(&self) {
+        self.reader.abort();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     pub async fn close(self) {
         let _ = self.dc.close().await;
         let _ = self.pc.close().await;

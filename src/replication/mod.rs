@@ -103,6 +103,19 @@ impl Replicator {
 
     /// Tells the replicator the membership may have changed (a node came or went).
     pub fn membership_changed(&self) {
+        // A sweep or fetch waiting on a node that just went offline would block repair
+        // until the request timed out: fail its requests now. (A connection being set up
+        // holds the lock; the sweep that follows skips offline nodes anyway.)
+        if let Ok(mut conns) = self.conns.try_lock() {
+            let members = self.members();
+            conns.retain(|peer, c| {
+                let online = members.iter().any(|m| m.online && m.id == *peer);
+                if !online {
+                    c.abandon();
+                }
+                online
+            });
+        }
         self.changed.notify_one();
     }
 
