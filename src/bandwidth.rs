@@ -108,11 +108,25 @@ impl Limiter {
 
     /// Waits until `n` more bytes may pass.
     pub async fn acquire(&self, n: u64) {
+        self.pass(n, true).await;
+    }
+
+    /// Like [`acquire`](Self::acquire), but gives up (false) instead of holding when the
+    /// rate is or becomes "paused": for work that someone else can do sooner (serving
+    /// another node's replication, which can fetch from a different holder).
+    pub async fn acquire_unless_paused(&self, n: u64) -> bool {
+        self.pass(n, false).await
+    }
+
+    async fn pass(&self, n: u64, hold: bool) -> bool {
         let mut rate_rx = self.rate.clone();
         loop {
             let rate = *rate_rx.borrow_and_update();
             if rate == 0 && !self.zero_pauses {
-                return;
+                return true;
+            }
+            if rate == 0 && !hold {
+                return false;
             }
             let wait = {
                 let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,30 +137,33 @@ impl Limiter {
                 b.take(n, now)
             };
             if wait.is_zero() {
-                return;
+                return true;
             }
             if wait == Duration::MAX {
                 // Paused: wait for a new rate.
                 if rate_rx.changed().await.is_err() {
-                    return;
+                    return true;
                 }
                 continue;
             }
             // Sleep, but wake early if the rate changes (a pause or a faster cap applies
             // to this transfer at once). The bytes are already paid for.
             tokio::select! {
-                _ = tokio::time::sleep(wait) => return,
-                r = rate_rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(wait) => return true,
+                r = rate_rx.changed() => if r.is_err() { return true },
             }
             if *rate_rx.borrow() == 0 && self.zero_pauses {
+                if !hold {
+                    return false;
+                }
                 // Paused while sleeping: hold until resumed.
                 while *rate_rx.borrow_and_update() == 0 {
                     if rate_rx.changed().await.is_err() {
-                        return;
+                        return true;
                     }
                 }
             }
-            return;
+            return true;
         }
     }
 }
@@ -211,5 +228,27 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(10), cap.acquire(1 << 30))
             .await
             .expect("0 is unlimited for a cap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unless_paused_gives_up_instead_of_holding() {
+        let (tx, rx) = watch::channel(0u64);
+        let l = std::sync::Arc::new(Limiter::paused(rx));
+        assert!(!l.acquire_unless_paused(1).await, "paused from the start");
+        tx.send(1_000).unwrap();
+        // The burst passes (and one more, into debt); the next take sleeps, and a pause
+        // during the sleep gives up.
+        assert!(l.acquire_unless_paused(65_536).await);
+        assert!(l.acquire_unless_paused(65_536).await);
+        let l2 = l.clone();
+        let task = tokio::spawn(async move { l2.acquire_unless_paused(10_000).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!task.is_finished(), "a slow rate still paces");
+        tx.send(0).unwrap();
+        let passed = tokio::time::timeout(Duration::from_millis(10), task)
+            .await
+            .expect("a pause ends the wait at once")
+            .unwrap();
+        assert!(!passed, "a pause mid-wait means give up");
     }
 }

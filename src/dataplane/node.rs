@@ -415,10 +415,25 @@ impl NodeServer {
                                 }
                                 for piece in data.chunks(max_payload) {
                                     let n = piece.len() as u64;
-                                    if let Some((budget, _)) = &replication {
-                                        // Replication traffic spends our budget too; a
-                                        // transfer in flight waits here while paused.
-                                        budget.acquire(n).await;
+                                    if let Some((budget, _)) = &replication
+                                        && !budget.acquire_unless_paused(n).await
+                                    {
+                                        // Replication traffic spends our budget too. Paused
+                                        // mid-transfer: end the GET with `busy` (protocol
+                                        // rule 2) rather than hold the other node's worker
+                                        // for the whole pause; it fetches elsewhere.
+                                        let _ = send(
+                                            &dc,
+                                            encode::error(
+                                                kind::GET,
+                                                req,
+                                                Status::Busy,
+                                                "replication paused on this node mid-transfer",
+                                            ),
+                                        )
+                                        .await;
+                                        let _ = done.send(req);
+                                        return;
                                     }
                                     egress.acquire(n).await;
                                     if !send_mut(&dc, encode::data(req, piece)).await {

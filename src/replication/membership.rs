@@ -3,11 +3,14 @@
 //! generation number that changes whenever placement could change.
 
 use super::placement::Member;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Default, Clone)]
 pub struct Membership {
     members: BTreeMap<String, Member>,
+    /// Nodes whose replication is paused (policy or operator): they hold their chunks
+    /// but answer replication GETs with `busy`, so fetch from someone else first.
+    paused: BTreeSet<String>,
     generation: u64,
 }
 
@@ -22,13 +25,19 @@ impl Membership {
         }
     }
 
-    /// A `health` payload: free space and draining.
+    /// A `health` payload: free space, draining and whether replication is paused.
     pub fn on_health(&mut self, id: &str, payload: &[u8]) {
         let Ok(h) = serde_json::from_slice::<serde_json::Value>(payload) else {
             return;
         };
         let free = h["disk"]["free_bytes"].as_u64();
         let draining = h["draining"].as_bool().unwrap_or(false);
+        // Pausing does not move placement: a paused node still holds what it holds.
+        if h["replication"]["paused_by"].is_string() {
+            self.paused.insert(id.to_string());
+        } else {
+            self.paused.remove(id);
+        }
         let m = self.entry(id);
         // Free space changes with every write; only crossing "full" changes placement,
         // and `eligible` decides that at use. Draining changes placement at once.
@@ -66,6 +75,10 @@ impl Membership {
             .collect()
     }
 
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.paused.contains(id)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -95,6 +108,19 @@ mod tests {
         assert!(!m[0].online && m[0].free_bytes == Some(1000));
         assert!(m[1].online && m[1].draining);
         assert_eq!(v.online(), vec!["b".to_string()]);
+        assert!(!v.is_paused("b"));
+        let g = v.generation();
+        v.on_health(
+            "b",
+            br#"{"draining":true,"replication":{"paused_by":"policy"}}"#,
+        );
+        assert!(v.is_paused("b"));
+        assert_eq!(v.generation(), g, "pausing does not move placement");
+        v.on_health(
+            "b",
+            br#"{"draining":true,"replication":{"paused_by":null}}"#,
+        );
+        assert!(!v.is_paused("b"));
         v.on_health("c", b"not json");
         assert!(!v.is_member("c"));
     }

@@ -206,11 +206,14 @@ impl Replicator {
     async fn sweep(&self) -> anyhow::Result<()> {
         self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
         let members = self.members();
-        let peers: Vec<String> = members
+        let mut peers: Vec<String> = members
             .iter()
             .filter(|m| m.online && m.id != self.my_id)
             .map(|m| m.id.clone())
             .collect();
+        // A chunk is queued with the first peer that lists it: list paused peers last so
+        // that, where another holder exists, the queue fetches from it.
+        peers.sort_by_key(|p| self.is_paused(p));
         let min_free = self.min_free();
 
         // Per-file factors first: a chunk may want more copies than the default.
@@ -405,6 +408,13 @@ impl Replicator {
             // Wait while replication is paused; the bytes themselves are paid for as they
             // arrive (see Conn::connect_paced), so a transfer in flight waits too.
             self.budget.acquire(0).await;
+            // Its holder paused since the item was queued: another holder answers sooner.
+            let mut item = item;
+            if self.is_paused(&item.from)
+                && let Some(other) = self.other_holder(&item).await
+            {
+                item.from = other;
+            }
             let outcome = match self.conn(&item.from).await {
                 Ok(conn) => conn.get(&item.id).await,
                 Err(e) => Err(e),
@@ -454,23 +464,34 @@ impl Replicator {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .retry_later(&item.id, other.as_deref());
-                    tokio::time::sleep(Duration::from_millis(if busy { 500 } else { 200 })).await;
+                    // With another holder to ask, go on at once; otherwise give the
+                    // fleet a moment (a paused holder answers `busy` immediately).
+                    if other.is_none() {
+                        tokio::time::sleep(Duration::from_millis(if busy { 500 } else { 200 }))
+                            .await;
+                    }
                 }
             }
         }
     }
 
-    /// Another online node that reports having the chunk.
-    async fn other_holder(&self, item: &queue::Item) -> Option<String> {
-        let peers: Vec<String> = self
-            .membership
+    fn is_paused(&self, peer: &str) -> bool {
+        self.membership
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .online();
-        for peer in peers
-            .into_iter()
-            .filter(|p| *p != self.my_id && *p != item.from)
-        {
+            .is_paused(peer)
+    }
+
+    /// Another online node, not paused, that reports having the chunk.
+    async fn other_holder(&self, item: &queue::Item) -> Option<String> {
+        let peers: Vec<String> = {
+            let m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+            m.online()
+                .into_iter()
+                .filter(|p| *p != self.my_id && *p != item.from && !m.is_paused(p))
+                .collect()
+        };
+        for peer in peers {
             if let Ok(conn) = self.conn(&peer).await
                 && conn.has(&[item.id]).await.is_ok_and(|h| h == [true])
             {
