@@ -242,6 +242,94 @@ fn served_to_a_client(m: &Mosquitto, key: &Path, node: &str, chunk: &str) {
     });
 }
 
+/// A holder that pauses while serving another node's replication GET ends that GET with
+/// `busy` at once: the fetcher goes to another holder instead of waiting out the pause
+/// (one stalled GET used to hold a node's whole fetch queue).
+#[test]
+fn a_holder_that_pauses_mid_transfer_answers_busy_at_once() {
+    use ddc_edge::dataplane::client::ClientError;
+    use ddc_edge::protocol::Status;
+    let m = Mosquitto::start();
+    // 1 MiB at 64 KiB/s: a replication GET of one chunk takes 16 s.
+    let a = start(&m, None, &["bandwidth.replication=64KiB/s"]);
+    let work = tempfile::tempdir().unwrap();
+    // A fleet member that is not running: its retained status is what makes A treat our
+    // GETs as another node's replication rather than a client's read.
+    let member = work.path().join("member");
+    let member_id = node_id(&member);
+    let ctl = Probe::connect(m.port, &[&format!("ddc/nodes/{}/reply", a.id)]);
+    ctl.publish(&format!("ddc/nodes/{member_id}/status"), "offline", true);
+    let file = work.path().join("f");
+    let data = random_file(&file, 1 << 20, 5);
+    let file_id = put(&m, &work.path().join("k"), &file, &a.id, "1MiB");
+    let chunk = ddc_edge::store::ChunkId::of(&data);
+    let manifest: ddc_edge::store::ChunkId = file_id.parse().unwrap();
+
+    let mut cfg = ddc_edge::config::Config::default();
+    cfg.mqtt.broker = m.url().parse().unwrap();
+    cfg.webrtc.bind = vec!["127.0.0.1:0".into()];
+    let patience = Duration::from_secs(if emulated() { 15 } else { 5 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let hub = ddc_edge::transfer::ClientHub::join(&cfg, &member.join("node.key"))
+            .await
+            .unwrap();
+        let conn = std::sync::Arc::new(hub.connect(&a.id).await.unwrap());
+        let slow = {
+            let conn = std::sync::Arc::clone(&conn);
+            tokio::spawn(async move { conn.get(&chunk).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!slow.is_finished(), "1 MiB at 64 KiB/s cannot be done yet");
+        let cmd = |id: &str, verb: &str| {
+            ctl.publish(
+                &format!("ddc/nodes/{}/cmd", a.id),
+                json!({"id": id, "cmd": verb}).to_string(),
+                false,
+            );
+        };
+        cmd("pause", "pause_replication");
+        let paused = Instant::now();
+        let r = tokio::time::timeout(patience, slow)
+            .await
+            .expect("a GET in flight must end soon after the holder pauses")
+            .unwrap();
+        assert!(
+            matches!(r, Err(ClientError::Status(Status::Busy, _))),
+            "expected busy, got {:?}",
+            r.map(|d| d.len())
+        );
+        eprintln!(
+            "in-flight GET ended busy {:?} after the pause",
+            paused.elapsed()
+        );
+        // While paused, a new replication GET is refused at once...
+        let r = conn.get(&manifest).await;
+        assert!(matches!(r, Err(ClientError::Status(Status::Busy, _))));
+        // ...and after resuming it is served.
+        cmd("resume", "resume_replication");
+        let served = tokio::time::timeout(patience, async {
+            loop {
+                if let Ok(d) = conn.get(&manifest).await {
+                    break d;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("served again after resume_replication");
+        assert_eq!(ddc_edge::store::ChunkId::of(&served), manifest);
+        if let Ok(conn) = std::sync::Arc::try_unwrap(conn) {
+            conn.close().await;
+        }
+        hub.leave().await;
+    });
+}
+
 /// pulled + served replication bytes of a node, from its latest health.
 fn replication_bytes(h: &Value) -> u64 {
     h["replication"]["pulled_bytes"].as_u64().unwrap_or(0)
