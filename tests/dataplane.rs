@@ -4,7 +4,6 @@
 mod common;
 use common::mosquitto::{Mosquitto, Probe};
 use common::*;
-use ddc_edge::config::{Broker, Config};
 use ddc_edge::dataplane::client::ClientError;
 use ddc_edge::identity::Identity;
 use ddc_edge::protocol::{Status, encode};
@@ -38,16 +37,6 @@ fn client(m: &Mosquitto, key: &Path, args: &[&str]) -> std::process::Output {
 
 fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or("").trim().to_string()
-}
-
-fn test_config(m: &Mosquitto) -> Config {
-    let mut c = Config::default();
-    c.mqtt.broker = Broker::Url(match m.url().parse::<Broker>().unwrap() {
-        Broker::Url(u) => u,
-        Broker::Embedded => unreachable!(),
-    });
-    c.webrtc.bind = vec!["127.0.0.1:0".into()];
-    c
 }
 
 #[test]
@@ -273,12 +262,8 @@ fn a_peer_sending_garbage_is_cut_off_while_another_transfer_completes() {
     let id = node_id(dir.path());
     let _agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
     let work = tempfile::tempdir().unwrap();
-    let cfg = test_config(&m);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let cfg = m.client_config();
+    let rt = runtime();
     rt.block_on(async {
         let hub = ClientHub::join(&cfg, &work.path().join("k")).await.unwrap();
         let good = hub.connect(&id).await.unwrap();

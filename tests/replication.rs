@@ -218,15 +218,9 @@ fn factor_two_gives_exactly_two_copies_and_survives_losing_a_node() {
 
 /// Fetches one chunk from `node` as a client (not a fleet member) would.
 fn served_to_a_client(m: &Mosquitto, key: &Path, node: &str, chunk: &str) {
-    let mut cfg = ddc_edge::config::Config::default();
-    cfg.mqtt.broker = m.url().parse().unwrap();
-    cfg.webrtc.bind = vec!["127.0.0.1:0".into()];
+    let cfg = m.client_config();
     let id: ddc_edge::store::ChunkId = chunk.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let hub = ddc_edge::transfer::ClientHub::join(&cfg, key)
             .await
@@ -265,15 +259,9 @@ fn a_holder_that_pauses_mid_transfer_answers_busy_at_once() {
     let chunk = ddc_edge::store::ChunkId::of(&data);
     let manifest: ddc_edge::store::ChunkId = file_id.parse().unwrap();
 
-    let mut cfg = ddc_edge::config::Config::default();
-    cfg.mqtt.broker = m.url().parse().unwrap();
-    cfg.webrtc.bind = vec!["127.0.0.1:0".into()];
+    let cfg = m.client_config();
     let patience = Duration::from_secs(if emulated() { 15 } else { 5 });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let hub = ddc_edge::transfer::ClientHub::join(&cfg, &member.join("node.key"))
             .await

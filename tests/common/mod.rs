@@ -245,3 +245,12 @@ pub fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     std::fs::write(path, &data).unwrap();
     data
 }
+
+/// A small runtime for tests that drive the library's client directly.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -90,6 +90,14 @@ impl Mosquitto {
         }
     }
 
+    /// A client's config for this broker, with WebRTC on loopback only.
+    pub fn client_config(&self) -> ddc_edge::config::Config {
+        let mut c = ddc_edge::config::Config::default();
+        c.mqtt.broker = self.url().parse().unwrap();
+        c.webrtc.bind = vec!["127.0.0.1:0".into()];
+        c
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
