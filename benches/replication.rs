@@ -7,8 +7,10 @@
 //!
 //! Run: cargo bench --bench replication
 
-#[path = "../tests/common/mosquitto.rs"]
-mod mosquitto;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{mosquitto, random_file};
 
 use serde_json::{Value, json};
 use std::path::Path;
@@ -104,19 +106,6 @@ fn health(p: &mut mosquitto::Probe, id: &str) -> Value {
         .json()
 }
 
-fn random_file(path: &Path, len: u64, seed: u64) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    std::fs::write(path, data).unwrap();
-}
-
 fn main() {
     let m = mosquitto::Mosquitto::start();
     let broker = m.url();
@@ -130,7 +119,7 @@ fn main() {
     let mut p = mosquitto::Probe::connect(m.port, &["ddc/nodes/+/health"]);
     std::thread::sleep(Duration::from_secs(2));
     let file = work.path().join("f");
-    random_file(&file, 32 * MIB, 5);
+    random_file(&file, (32 * MIB) as usize, 5);
     put(&broker, &file, &ida, &key);
     let t = Instant::now();
     let mut nb = agent(&broker, &b, "1GiB/s");
@@ -177,7 +166,7 @@ fn main() {
     let mut nc = agent(&broker, &c, "8MiB/s");
     std::thread::sleep(Duration::from_secs(2));
     let file = work.path().join("g");
-    random_file(&file, 48 * MIB, 6);
+    random_file(&file, (48 * MIB) as usize, 6);
     put(&broker, &file, &idc, &key);
     let mut nd = agent(&broker, &d, "8MiB/s");
     health(&mut p, &idd); // subscribed and reporting
