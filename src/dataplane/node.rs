@@ -395,12 +395,7 @@ impl NodeServer {
                     {
                         // Another node's replication while ours is paused: it will try
                         // another holder or come back later. Clients are still served.
-                        vec![encode::error(
-                            kind::GET,
-                            req,
-                            Status::Busy,
-                            "replication is paused on this node",
-                        )]
+                        vec![replication_paused(req)]
                     } else {
                         match store.get(id).await {
                             Ok(data) => {
@@ -422,16 +417,7 @@ impl NodeServer {
                                         // mid-transfer: end the GET with `busy` (protocol
                                         // rule 2) rather than hold the other node's worker
                                         // for the whole pause; it fetches elsewhere.
-                                        let _ = send(
-                                            &dc,
-                                            encode::error(
-                                                kind::GET,
-                                                req,
-                                                Status::Busy,
-                                                "replication paused on this node mid-transfer",
-                                            ),
-                                        )
-                                        .await;
+                                        let _ = send(&dc, replication_paused(req)).await;
                                         let _ = done.send(req);
                                         return;
                                     }
@@ -530,6 +516,17 @@ impl NodeServer {
         });
         true
     }
+}
+
+/// The `busy` answer to another node's replication GET while ours is paused, before or
+/// in the middle of the transfer (protocol rule 2).
+fn replication_paused(req: u32) -> Bytes {
+    encode::error(
+        kind::GET,
+        req,
+        Status::Busy,
+        "replication is paused on this node",
+    )
 }
 
 fn error_frame(t: u8, req: u32, e: &StoreError) -> Bytes {

@@ -213,7 +213,7 @@ impl Replicator {
             .collect();
         // A chunk is queued with the first peer that lists it: list paused peers last so
         // that, where another holder exists, the queue fetches from it.
-        peers.sort_by_key(|p| self.is_paused(p));
+        peers.sort_by_cached_key(|p| self.is_paused(p));
         let min_free = self.min_free();
 
         // Per-file factors first: a chunk may want more copies than the default.
