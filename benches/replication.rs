@@ -10,68 +10,32 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{mosquitto, random_file};
+use common::{Running, bin, fixture, mosquitto, node_id, random_file, start_agent};
 
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-fn agent(broker: &str, dir: &Path, budget: &str) -> Child {
-    let sysfs = format!(
-        "{}/tests/fixtures/sysfs/pi4-mains",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    Command::new(env!("CARGO_BIN_EXE_ddc-edge"))
-        .args([
-            "run",
-            "--config",
-            "/dev/null",
-            "--broker",
-            broker,
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--sysfs-root",
-            &sysfs,
-        ])
-        .args([
-            "--set",
-            "webrtc.bind=[\"127.0.0.1:0\"]",
-            "--set",
-            "telemetry.interval=1s",
-            "--set",
+/// An agent with the tests' settings (web page off, so several can run at once) and the
+/// given replication budget; killed when dropped, even if the bench panics.
+fn agent(broker: &str, dir: &Path, budget: &str) -> Running {
+    let budget = format!("bandwidth.replication={budget}");
+    start_agent(
+        broker,
+        dir,
+        &fixture("pi4-mains"),
+        &[
             "replication.sweep_interval=1s",
-        ])
-        .args([
-            "--set",
             "storage.fsync=false",
-            "--set",
-            &format!("bandwidth.replication={budget}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn node_id(dir: &Path) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_ddc-edge"))
-        .args([
-            "id",
-            "--config",
-            "/dev/null",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
+            &budget,
+        ],
+    )
 }
 
 fn put(broker: &str, file: &Path, to: &str, key: &Path) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_ddc-edge"))
+    let o = bin()
         .args([
             "put",
             file.to_str().unwrap(),
@@ -115,14 +79,14 @@ fn main() {
     // Repair throughput at full.
     let (a, b) = (work.path().join("a"), work.path().join("b"));
     let ida = node_id(&a);
-    let mut na = agent(&broker, &a, "1GiB/s");
+    let na = agent(&broker, &a, "1GiB/s");
     let mut p = mosquitto::Probe::connect(m.port, &["ddc/nodes/+/health"]);
     std::thread::sleep(Duration::from_secs(2));
     let file = work.path().join("f");
     random_file(&file, (32 * MIB) as usize, 5);
     put(&broker, &file, &ida, &key);
     let t = Instant::now();
-    let mut nb = agent(&broker, &b, "1GiB/s");
+    let nb = agent(&broker, &b, "1GiB/s");
     // Watch B's chunk directory: 33 files (32 data chunks and the manifest) when done.
     let count = |dir: &Path| -> usize {
         std::fs::read_dir(dir.join("store/chunks"))
@@ -154,21 +118,18 @@ fn main() {
         t.elapsed().as_secs_f64(),
         moved / t1.elapsed().as_secs_f64().max(0.001) / 1e6
     );
-    let _ = nb.kill();
-    let _ = na.kill();
-    let _ = nb.wait();
-    let _ = na.wait();
+    drop((nb, na));
 
     // Rate at reduced, as a ratio of the budget.
     let (c, d) = (work.path().join("c"), work.path().join("d"));
     let (idc, idd) = (node_id(&c), node_id(&d));
     let budget = 8 * MIB;
-    let mut nc = agent(&broker, &c, "8MiB/s");
+    let nc = agent(&broker, &c, "8MiB/s");
     std::thread::sleep(Duration::from_secs(2));
     let file = work.path().join("g");
     random_file(&file, (48 * MIB) as usize, 6);
     put(&broker, &file, &idc, &key);
-    let mut nd = agent(&broker, &d, "8MiB/s");
+    let nd = agent(&broker, &d, "8MiB/s");
     health(&mut p, &idd); // subscribed and reporting
     let mut ctl = mosquitto::Probe::connect(m.port, &[&format!("ddc/nodes/{idd}/reply")]);
     ctl.publish(
@@ -197,9 +158,6 @@ fn main() {
         expected / 1e6,
         rate / expected
     );
-    let _ = nd.kill();
-    let _ = nc.kill();
-    let _ = nd.wait();
-    let _ = nc.wait();
+    drop((nd, nc));
     let _ = idc;
 }
