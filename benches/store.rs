@@ -45,6 +45,7 @@ fn cfg(fsync: bool) -> StoreConfig {
         reserve: Reserve::Size(ByteSize(0)),
         max_chunk: 4 << 20,
         fsync,
+        upload_grace_s: 86_400,
     }
 }
 

@@ -18,7 +18,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # parallel clusters would only measure each other's contention. The browser tests need
 # Chromium, which does not run under qemu-user, so the ARM run leaves them out.
 parallel=(cli sensors store mqtt dataplane interop)
-serial=(replication)
+serial=(replication retention)
 native_only=(browser)
 for f in tests/*.rs; do
   t=$(basename "$f" .rs)

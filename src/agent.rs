@@ -495,13 +495,18 @@ async fn telemetry(
     }
 }
 
-/// Low-priority background work on the store: check the counters against the disk now
-/// and then, collect unpinned chunks above the high-water mark.
+/// Low-priority background work on the store: every `storage.gc_interval` a GC round
+/// (abandoned uploads only: the retention model in docs/store.md), and now and then a
+/// check of the counters against the disk.
 fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
-    let (high, low) = (
-        cfg.storage.gc_high_percent as u64,
-        cfg.storage.gc_low_percent as u64,
-    );
+    if cfg.storage.gc_high_percent.is_some() || cfg.storage.gc_low_percent.is_some() {
+        warn!(
+            "storage.gc_high_percent and storage.gc_low_percent are no longer used and are ignored: GC deletes only abandoned uploads (docs/store.md, Retention)"
+        );
+    }
+    let every = cfg.storage.gc_interval.0;
+    // The counters are checked about every six hours, whatever the GC interval.
+    let verify_every = (6 * 3600 / every.as_secs().max(1)).max(1);
     let spawned = std::thread::Builder::new()
         .name("store-maintenance".into())
         .spawn(move || {
@@ -513,12 +518,23 @@ fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
             }
             let mut round = 0u64;
             loop {
-                std::thread::sleep(Duration::from_secs(600));
+                std::thread::sleep(every);
                 round += 1;
-                if let Err(e) = store.gc(high, low) {
-                    warn!(error = %e, "store GC failed");
+                match store.gc(crate::control::unix_now()) {
+                    Ok((chunks, bytes)) => {
+                        let stat = store.stat().ok();
+                        info!(
+                            round,
+                            freed_chunks = chunks,
+                            freed_bytes = bytes,
+                            reclaimable_bytes = stat.map(|s| s.retention.reclaimable_bytes),
+                            protected_bytes = stat.map(|s| s.retention.protected_bytes),
+                            "store GC round"
+                        );
+                    }
+                    Err(e) => warn!(error = %e, "store GC failed"),
                 }
-                if round % 36 == 1 {
+                if round % verify_every == 1 % verify_every {
                     match store.verify_counters() {
                         Ok(Some(c)) => debug!(
                             used_bytes = c.used_bytes,

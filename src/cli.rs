@@ -411,6 +411,11 @@ fn store_command(cfg: &Config, cmd: StoreCommand) -> anyhow::Result<()> {
                 let file =
                     std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                // The whole file is counted up front: a put that cannot fit writes
+                // nothing (and one that fails later removes what it wrote).
+                store
+                    .check_room(len)
+                    .with_context(|| format!("storing {}", f.display()))?;
                 let id = store.put_file_jobs(std::io::BufReader::new(file), chunk_size, jobs)?;
                 eprintln!("stored {} ({len} bytes)", f.display());
                 println!("{id}");

@@ -298,13 +298,41 @@ async fn put_to(
         );
     }
     let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
-    let have = conn.has(&ids).await?;
+    let claimed = conn.has(&ids).await?;
+    // HAS is the node's claim; a chunk is skipped only once the node proves it holds
+    // it (a hash over a fresh nonce and a random range, checked against our file), so a
+    // lying or broken node cannot leave us with a file ID whose data it does not have.
+    let mut have = Vec::with_capacity(chunks.len());
+    for ((id, offset, len), claims) in chunks.iter().zip(&claimed) {
+        let proved = if *claims {
+            let (path, offset, len) = (file.to_path_buf(), *offset, *len);
+            let data = tokio::task::spawn_blocking(move || read_at(&path, offset, len)).await??;
+            let ok = conn.proves(id, &data).await?;
+            if !ok {
+                warn!(%node, chunk = %id, "the node claims a chunk it cannot prove it holds; uploading it");
+            }
+            ok
+        } else {
+            false
+        };
+        have.push(proved);
+    }
     let missing: Vec<&FileChunk> = chunks
         .iter()
         .zip(&have)
         .filter(|(_, h)| !**h)
         .map(|(c, _)| c)
         .collect();
+    // Refuse up front what cannot fit, rather than leave half a file behind.
+    let needed: u64 = missing.iter().map(|c| c.2 as u64).sum::<u64>() + manifest.len() as u64;
+    if let Ok(stat) = conn.stat().await
+        && let Some(free) = stat.get("free_bytes").and_then(|v| v.as_u64())
+        && needed > free
+    {
+        bail!(
+            "node {node} has room for {free} more bytes, this file needs {needed}: nothing uploaded"
+        );
+    }
     let skipped = chunks.len() - missing.len();
     let pb = progress(size, "put");
     pb.inc(

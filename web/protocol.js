@@ -5,7 +5,7 @@ export const hex = (b) => [...new Uint8Array(b)].map((x) => x.toString(16).padSt
 export const unhex = (s) => new Uint8Array(s.match(/../g).map((h) => parseInt(h, 16)));
 export const sha256 = async (data) => new Uint8Array(await crypto.subtle.digest("SHA-256", data));
 
-const T = { HELLO: 1, GET: 2, PUT: 3, HAS: 4, DELETE: 5, LIST: 6, STAT: 7, DATA: 0x10, RESPONSE: 0x80 };
+const T = { HELLO: 1, GET: 2, PUT: 3, HAS: 4, DELETE: 5, LIST: 6, STAT: 7, PROVE: 9, DATA: 0x10, RESPONSE: 0x80 };
 const STATUS = ["ok", "not_found", "bad_request", "unauthorized", "full", "corrupt", "hash_mismatch", "busy", "internal", "draining", "version", "too_large"];
 
 function idb() {
@@ -141,12 +141,13 @@ export class NodeConn {
       const f = new Uint8Array(11);
       const v = new DataView(f.buffer);
       f[0] = T.HELLO;
-      v.setUint16(5, 1);
+      v.setUint16(5, 2);
       v.setUint32(7, this.pc.sctp?.maxMessageSize ? Math.min(this.pc.sctp.maxMessageSize, 65536) : 65536);
       this.dc.send(f);
     }).then((b) => {
       // HELLO response body after status: version u16, max_message u32, max_inflight u16, max_chunk u32
       const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+      this.version = v.getUint16(0);
       this.maxPayload = v.getUint32(2) - 5;
       this.maxInflight = v.getUint16(6);
       this.maxChunk = v.getUint32(8) & 0x7fffffff;
@@ -183,6 +184,32 @@ export class NodeConn {
 
   get(id, onProgress) {
     return this.request(T.GET, id, true, onProgress);
+  }
+
+  /** Whether the node proves it holds chunk `id`, whose bytes we have in `data`: it must
+   *  return SHA-256(nonce || a random range of the chunk) for a fresh nonce. HAS is only
+   *  a claim; a chunk is skipped on upload only after this (docs/protocol.md, PROVE). */
+  async proves(id, data) {
+    if (this.version < 2 || data.length === 0) return false;
+    const r = crypto.getRandomValues(new Uint32Array(2));
+    const nonce = crypto.getRandomValues(new Uint8Array(16));
+    const offset = r[0] % data.length;
+    const len = 1 + (r[1] % Math.min(data.length - offset, 65536));
+    const p = new Uint8Array(56);
+    p.set(id, 0);
+    p.set(nonce, 32);
+    const v = new DataView(p.buffer);
+    v.setUint32(48, offset);
+    v.setUint32(52, len);
+    const want = new Uint8Array(16 + len);
+    want.set(nonce, 0);
+    want.set(data.subarray(offset, offset + len), 16);
+    const expected = hex(await sha256(want));
+    try {
+      return hex(await this.request(T.PROVE, p)) === expected;
+    } catch (e) {
+      return false;
+    }
   }
 
   async put(id, data, onProgress) {
@@ -236,7 +263,7 @@ export async function storeFile(conn, bytes, chunkSize, onProgress) {
   const have = [];
   for (let i = 0; i < ids.length; i += 1024) have.push(...(await conn.has(ids.slice(i, i + 1024))));
   await pipelined(chunks.length, 2, async (i) => {
-    if (!have[i]) await conn.put(ids[i], chunks[i], onProgress);
+    if (!have[i] || !(await conn.proves(ids[i], chunks[i]))) await conn.put(ids[i], chunks[i], onProgress);
     else if (onProgress) onProgress(chunks[i].length);
   });
   const manifest = enc.encode(JSON.stringify({ ddc_manifest: 1, size: bytes.length, chunk_size: chunkSize, chunks: ids.map(hex) }));

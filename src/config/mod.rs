@@ -99,10 +99,17 @@ pub struct StorageSection {
     pub fsync: bool,
     /// I/O budget of a scrub (0 = unlimited).
     pub scrub_rate: Rate,
-    /// Unpinned chunks are collected when usage passes this share of the quota...
-    pub gc_high_percent: u8,
-    /// ...down to this share.
-    pub gc_low_percent: u8,
+    /// How often GC looks for abandoned uploads (the only chunks it may delete).
+    pub gc_interval: HumanDuration,
+    /// How long a client's upload may go without a manifest claiming its chunks before
+    /// they count as abandoned.
+    pub upload_grace: HumanDuration,
+    /// No longer used (GC only deletes abandoned uploads); accepted so that old
+    /// configs still load, with a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc_high_percent: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc_low_percent: Option<u8>,
 }
 
 impl Default for StorageSection {
@@ -114,8 +121,10 @@ impl Default for StorageSection {
             chunk_size: ByteSize(1 << 20),
             fsync: true,
             scrub_rate: Rate(8 << 20),
-            gc_high_percent: 90,
-            gc_low_percent: 80,
+            gc_interval: HumanDuration(Duration::from_secs(600)),
+            upload_grace: HumanDuration(Duration::from_secs(24 * 3600)),
+            gc_high_percent: None,
+            gc_low_percent: None,
         }
     }
 }

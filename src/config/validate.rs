@@ -68,12 +68,18 @@ impl Config {
                 format!("expected between 4KiB and 4MiB, got {}", s.chunk_size),
             );
         }
-        if !(s.gc_low_percent < s.gc_high_percent && s.gc_high_percent <= 100) {
+        if s.gc_interval.0 < Duration::from_secs(1) {
             return fail(
-                "storage.gc_low_percent",
+                "storage.gc_interval",
+                format!("expected at least 1s, got {}", s.gc_interval),
+            );
+        }
+        if s.upload_grace.0 < Duration::from_secs(1) {
+            return fail(
+                "storage.upload_grace",
                 format!(
-                    "expected gc_low_percent < gc_high_percent <= 100, got {} and {}",
-                    s.gc_low_percent, s.gc_high_percent
+                    "expected at least 1s (a client needs time to send its manifest), got {}",
+                    s.upload_grace
                 ),
             );
         }

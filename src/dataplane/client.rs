@@ -61,6 +61,8 @@ pub struct Conn {
     max_payload: usize,
     pub max_chunk: u32,
     pub can_write: bool,
+    /// The protocol version agreed in HELLO (PROVE needs 2).
+    pub version: u16,
     request_timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -225,11 +227,11 @@ impl Conn {
         .map_err(|_| ClientError::Timeout(timeout.as_secs()))??;
         let Response::Hello {
             status,
+            version,
             max_message: agreed,
             max_inflight,
             max_chunk,
             can_write,
-            ..
         } = hello
         else {
             return Err(ClientError::Protocol("expected a HELLO response".into()));
@@ -237,6 +239,14 @@ impl Conn {
         if status != Status::Ok {
             return Err(ClientError::Status(status, "HELLO refused".into()));
         }
+        // A node's HELLO is input like any other: a message size too small to carry a
+        // DATA frame, or one above what we offered, ends the connection here.
+        if (agreed as usize) < protocol::DATA_HEADER + 1024 || agreed > max_message {
+            return Err(ClientError::Protocol(format!(
+                "node agreed a max message of {agreed} bytes (we offered {max_message})"
+            )));
+        }
+        let max_chunk = max_chunk.min(crate::store::HARD_MAX_CHUNK as u32);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let reader = tokio::spawn(read_loop(Arc::clone(&dc), Arc::clone(&pending), pace));
         Ok(Conn {
@@ -250,6 +260,7 @@ impl Conn {
             max_payload: agreed as usize - protocol::DATA_HEADER,
             max_chunk,
             can_write,
+            version: version.min(protocol::VERSION),
             request_timeout: Duration::from_secs(60),
             reader,
         })
@@ -384,6 +395,29 @@ impl Conn {
         Ok(out)
     }
 
+    /// Challenges the node to prove it holds a chunk, checking its answer against
+    /// `data` (our own copy). Ok(false): the node has no such copy (not found, a wrong
+    /// answer, or a node too old to prove anything).
+    pub async fn proves(&self, id: &ChunkId, data: &[u8]) -> Result<bool, ClientError> {
+        if self.version < 2 {
+            return Ok(false);
+        }
+        let challenge = protocol::Challenge::random(*id, data.len() as u64);
+        let Some(want) = challenge.answer(data) else {
+            return Ok(false);
+        };
+        let req = self.req();
+        let (status, body) = self.call(req, vec![encode::prove(req, &challenge)]).await?;
+        match status {
+            Status::Ok => Ok(body[..] == want[..]),
+            Status::NotFound | Status::Corrupt | Status::BadRequest => Ok(false),
+            _ => Err(ClientError::Status(
+                status,
+                String::from_utf8_lossy(&body).into_owned(),
+            )),
+        }
+    }
+
     pub async fn delete(&self, id: &ChunkId) -> Result<(), ClientError> {
         let req = self.req();
         let (status, body) = self.call(req, vec![encode::delete(req, id)]).await?;
@@ -487,6 +521,17 @@ async fn read_loop(dc: Arc<dyn DataChannel>, pending: Pending, pace: Option<Arc<
                         p.remove(&req);
                     } else if body.len() == 4 {
                         let n = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+                        // A length is the node's word: never reserve more than a chunk.
+                        if n as u64 > crate::store::HARD_MAX_CHUNK {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(Err(ClientError::Protocol(format!(
+                                    "node announced a {n}-byte chunk, over the {}-byte limit",
+                                    crate::store::HARD_MAX_CHUNK
+                                ))));
+                            }
+                            p.remove(&req);
+                            continue;
+                        }
                         *len = Some(n);
                         if n == 0
                             && let Some(tx) = tx.take()

@@ -368,6 +368,7 @@ impl NodeServer {
             | Action::Delete { req, .. }
             | Action::List { req, .. }
             | Action::Factors { req, .. }
+            | Action::Prove { req, .. }
             | Action::Stat { req } => *req,
         };
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -436,10 +437,10 @@ impl NodeServer {
                         }
                     }
                 }
-                Action::Put { req, id, data } => match store.put(data.clone(), Some(id)).await {
+                Action::Put { req, id, data } => match store.put_upload(data.clone(), id).await {
                     Ok(PutOutcome::Stored(_)) => {
                         if let Some(f) = &factors
-                            && data.starts_with(b"{\"ddc_manifest\"")
+                            && crate::store::manifest::looks_like(&data)
                         {
                             let _ = f.record_manifest(id, &data);
                         }
@@ -459,9 +460,26 @@ impl NodeServer {
                     )],
                     Err(e) => vec![error_frame(kind::HAS, req, &e)],
                 },
-                Action::Delete { req, id } => match store.delete(id).await {
-                    Ok(_) => vec![encode::result(kind::DELETE, req, Status::Ok, &[])],
-                    Err(e) => vec![error_frame(kind::DELETE, req, &e)],
+                // Every delete may be of the last copy: chunks leave a node only by its
+                // retention rules (docs/store.md), never at a peer's word.
+                Action::Delete { req, .. } => vec![encode::error(
+                    kind::DELETE,
+                    req,
+                    Status::Unauthorized,
+                    "chunks leave a node only by its retention rules (abandoned uploads, proven handoff)",
+                )],
+                Action::Prove { req, challenge } => match store
+                    .prove(challenge, !peer_is_node)
+                    .await
+                {
+                    Ok(Some(proof)) => vec![encode::result(kind::PROVE, req, Status::Ok, &proof)],
+                    Ok(None) => vec![encode::error(
+                        kind::PROVE,
+                        req,
+                        Status::BadRequest,
+                        "the challenged range is outside the chunk",
+                    )],
+                    Err(e) => vec![error_frame(kind::PROVE, req, &e)],
                 },
                 Action::List { req, after, limit } => {
                     match store.list_page(after, limit as usize + 1).await {

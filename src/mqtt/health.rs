@@ -57,6 +57,9 @@ pub fn health(h: &HealthInputs<'_>) -> Value {
             "free_bytes": free_offered(s),
             "chunks": s.chunks,
             "quarantined": s.quarantined,
+            "reclaimable_bytes": s.retention.reclaimable_bytes,
+            "pending_upload_bytes": s.retention.pending_upload_bytes,
+            "protected_bytes": s.retention.protected_bytes,
         }),
         None => json!({"offered_bytes": null, "used_bytes": null, "free_bytes": null}),
     };

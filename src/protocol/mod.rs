@@ -15,7 +15,13 @@ pub mod server;
 use crate::store::ChunkId;
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub const VERSION: u16 = 1;
+/// The newest version this side speaks: 2 adds PROVE. A node also serves version-1
+/// clients (without PROVE).
+pub const VERSION: u16 = 2;
+/// The oldest version a node still serves.
+pub const MIN_VERSION: u16 = 1;
+/// Bytes of a PROVE nonce.
+pub const NONCE_LEN: usize = 16;
 /// The data-channel label (and subprotocol) the node accepts.
 pub const LABEL: &str = "ddc-chunks/1";
 /// Bytes before the payload of a DATA frame.
@@ -38,6 +44,10 @@ pub mod kind {
     pub const STAT: u8 = 0x07;
     /// Chunks wanting more copies than the default (replication).
     pub const FACTORS: u8 = 0x08;
+    /// Proof of possession: a hash over a fresh nonce and a byte range (version 2).
+    pub const PROVE: u8 = 0x09;
+    /// The highest request type.
+    pub const LAST_REQUEST: u8 = PROVE;
     pub const DATA: u8 = 0x10;
     /// A response is `RESPONSE | request type`.
     pub const RESPONSE: u8 = 0x80;
@@ -137,10 +147,64 @@ pub enum Request {
         after: Option<ChunkId>,
         limit: u16,
     },
+    Prove {
+        req: u32,
+        challenge: Challenge,
+    },
     Data {
         req: u32,
         payload: Bytes,
     },
+}
+
+/// A proof-of-possession challenge: prove you hold chunk `id` by returning
+/// SHA-256(`nonce` || bytes `offset..offset+len` of the chunk). A fresh random nonce
+/// makes the answer impossible to precompute or replay; the challenger checks it against
+/// its own copy (or the file it is uploading).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    pub id: ChunkId,
+    pub nonce: [u8; NONCE_LEN],
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Challenge {
+    /// A challenge over a random range of a chunk of `size` bytes (at most 64 KiB of it,
+    /// so a proof costs the prover one chunk read and little hashing).
+    pub fn random(id: ChunkId, size: u64) -> Challenge {
+        use ring::rand::SecureRandom;
+        let mut r = [0u8; NONCE_LEN + 8];
+        let _ = ring::rand::SystemRandom::new().fill(&mut r);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&r[..NONCE_LEN]);
+        let size = size.clamp(1, u32::MAX as u64) as u32;
+        let offset = u32::from_be_bytes([r[16], r[17], r[18], r[19]]) % size;
+        let room = (size - offset).min(64 << 10);
+        let len = 1 + u32::from_be_bytes([r[20], r[21], r[22], r[23]]) % room;
+        Challenge {
+            id,
+            nonce,
+            offset,
+            len,
+        }
+    }
+
+    /// The answer over `data` (the whole chunk), or `None` when the range does not fit
+    /// in it (a bad challenge, or the wrong data).
+    pub fn answer(&self, data: &[u8]) -> Option<[u8; 32]> {
+        let start = self.offset as usize;
+        let end = start.checked_add(self.len as usize)?;
+        if self.len == 0 || end > data.len() {
+            return None;
+        }
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        h.update(&self.nonce);
+        h.update(&data[start..end]);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(h.finish().as_ref());
+        Some(out)
+    }
 }
 
 /// A response as a client receives it (or a DATA frame of a GET).
@@ -296,6 +360,20 @@ pub fn decode_request(frame: &Bytes) -> Result<Request, FrameError> {
             exact("STAT", 5)?;
             Request::Stat { req: u32_at(b, 1) }
         }
+        kind::PROVE => {
+            exact("PROVE", 61)?;
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(&b[37..53]);
+            Request::Prove {
+                req: u32_at(b, 1),
+                challenge: Challenge {
+                    id: id_at(b, 5),
+                    nonce,
+                    offset: u32_at(b, 53),
+                    len: u32_at(b, 57),
+                },
+            }
+        }
         kind::DATA => {
             if b.len() < DATA_HEADER + 1 {
                 return Err(len_err("DATA", b.len(), "at least 6"));
@@ -322,7 +400,9 @@ pub fn decode_response(frame: &Bytes) -> Result<Response, FrameError> {
             payload: frame.slice(DATA_HEADER..),
         });
     }
-    if t & kind::RESPONSE == 0 || !(kind::HELLO..=kind::FACTORS).contains(&(t & !kind::RESPONSE)) {
+    if t & kind::RESPONSE == 0
+        || !(kind::HELLO..=kind::LAST_REQUEST).contains(&(t & !kind::RESPONSE))
+    {
         return Err(FrameError::UnknownType(t));
     }
     if b.len() < 6 {
@@ -362,8 +442,12 @@ pub mod encode {
     use super::*;
 
     pub fn hello(max_message: u32) -> Bytes {
+        hello_version(VERSION, max_message)
+    }
+
+    pub fn hello_version(version: u16, max_message: u32) -> Bytes {
         let mut b = head(kind::HELLO, 0, 6);
-        b.put_u16(VERSION);
+        b.put_u16(version);
         b.put_u32(max_message);
         b.freeze()
     }
@@ -413,6 +497,15 @@ pub mod encode {
         head(kind::STAT, req, 0).freeze()
     }
 
+    pub fn prove(req: u32, c: &Challenge) -> Bytes {
+        let mut b = head(kind::PROVE, req, 56);
+        b.put_slice(&c.id.0);
+        b.put_slice(&c.nonce);
+        b.put_u32(c.offset);
+        b.put_u32(c.len);
+        b.freeze()
+    }
+
     pub fn factors(req: u32, after: Option<&ChunkId>, limit: u16) -> Bytes {
         let mut b = BytesMut::from(&list(req, after, limit)[..]);
         b[0] = kind::FACTORS;
@@ -428,6 +521,7 @@ pub mod encode {
 
     pub fn hello_ok(
         status: Status,
+        version: u16,
         max_message: u32,
         max_inflight: u16,
         max_chunk: u32,
@@ -435,7 +529,7 @@ pub mod encode {
     ) -> Bytes {
         let mut b = head(kind::RESPONSE | kind::HELLO, 0, 13);
         b.put_u8(status as u8);
-        b.put_u16(VERSION);
+        b.put_u16(version);
         b.put_u32(max_message);
         b.put_u16(max_inflight);
         b.put_u32(max_chunk.min(0x7fff_ffff) | if can_write { 0x8000_0000 } else { 0 });
@@ -569,6 +663,7 @@ pub fn fuzz_one(data: &[u8]) {
             | server::Action::Delete { req, .. }
             | server::Action::List { req, .. }
             | server::Action::Factors { req, .. }
+            | server::Action::Prove { req, .. }
             | server::Action::Stat { req } = action
             {
                 session.complete(req);
@@ -609,7 +704,7 @@ mod tests {
             (
                 encode::hello(65536),
                 Request::Hello {
-                    version: 1,
+                    version: 2,
                     max_message: 65536,
                 },
             ),
@@ -659,6 +754,26 @@ mod tests {
                 },
             ),
             (
+                encode::prove(
+                    16,
+                    &Challenge {
+                        id: id(6),
+                        nonce: [7; NONCE_LEN],
+                        offset: 3,
+                        len: 9,
+                    },
+                ),
+                Request::Prove {
+                    req: 16,
+                    challenge: Challenge {
+                        id: id(6),
+                        nonce: [7; NONCE_LEN],
+                        offset: 3,
+                        len: 9,
+                    },
+                },
+            ),
+            (
                 encode::data(14, b"abc").freeze(),
                 Request::Data {
                     req: 14,
@@ -673,12 +788,12 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let h = encode::hello_ok(Status::Ok, 65536, 8, 4 << 20, true);
+        let h = encode::hello_ok(Status::Ok, 2, 65536, 8, 4 << 20, true);
         assert_eq!(
             decode_response(&h).unwrap(),
             Response::Hello {
                 status: Status::Ok,
-                version: 1,
+                version: 2,
                 max_message: 65536,
                 max_inflight: 8,
                 max_chunk: 4 << 20,
@@ -702,6 +817,44 @@ mod tests {
             parse_list_body(&list_body(&entries, true)).unwrap(),
             (entries, true)
         );
+    }
+
+    #[test]
+    fn a_proof_needs_the_bytes_and_the_nonce() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let id = ChunkId::of(&data);
+        for _ in 0..200 {
+            let c = Challenge::random(id, data.len() as u64);
+            assert!(c.len >= 1 && c.len <= 64 << 10);
+            assert!(c.offset as usize + c.len as usize <= data.len());
+            let good = c.answer(&data).unwrap();
+            // Different bytes in the range, or a different nonce: a different answer.
+            let mut other = data.clone();
+            other[c.offset as usize] ^= 1;
+            assert_ne!(c.answer(&other), Some(good));
+            let mut c2 = c;
+            c2.nonce[0] ^= 1;
+            assert_ne!(c2.answer(&data), Some(good));
+        }
+        // A range past the end (a lying or truncated copy) has no answer at all.
+        let c = Challenge {
+            id,
+            nonce: [0; NONCE_LEN],
+            offset: 99_999,
+            len: 2,
+        };
+        assert_eq!(c.answer(&data), None);
+        let c = Challenge { len: 0, ..c };
+        assert_eq!(c.answer(&data), None);
+        let c = Challenge {
+            offset: u32::MAX,
+            len: u32::MAX,
+            ..c
+        };
+        assert_eq!(c.answer(&data), None);
+        // A one-byte chunk still gets a valid challenge.
+        let c = Challenge::random(id, 1);
+        assert_eq!((c.offset, c.len), (0, 1));
     }
 
     #[test]

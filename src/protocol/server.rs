@@ -4,7 +4,7 @@
 //! flight, bounded PUT buffers, authorization, and frame sizes. A violation that can be
 //! pinned on a request gets an error response; one that cannot closes the channel.
 
-use super::{FrameError, Request, Status, decode_request, encode, kind, request_id};
+use super::{Challenge, FrameError, Request, Status, decode_request, encode, kind, request_id};
 use crate::store::ChunkId;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -60,6 +60,11 @@ pub enum Action {
         after: Option<ChunkId>,
         limit: u16,
     },
+    /// Answer a proof-of-possession challenge from the stored chunk.
+    Prove {
+        req: u32,
+        challenge: Challenge,
+    },
     /// Close the channel; the reason is for the log.
     Close(String),
 }
@@ -90,6 +95,8 @@ pub struct Session {
     cfg: SessionConfig,
     state: State,
     max_message: u32,
+    /// The version agreed in HELLO: the lower of the client's and ours.
+    version: u16,
     inflight: HashMap<u32, Pending>,
 }
 
@@ -99,6 +106,7 @@ impl Session {
             max_message: cfg.max_message,
             cfg,
             state: State::AwaitHello,
+            version: super::VERSION,
             inflight: HashMap::new(),
         }
     }
@@ -150,16 +158,24 @@ impl Session {
                     version,
                     max_message,
                 } => {
-                    if version != super::VERSION {
-                        let reply =
-                            encode::hello_ok(Status::Version, self.max_message, 0, 0, false);
+                    if version < super::MIN_VERSION {
+                        let reply = encode::hello_ok(
+                            Status::Version,
+                            super::VERSION,
+                            self.max_message,
+                            0,
+                            0,
+                            false,
+                        );
                         let mut a = vec![Action::Send(reply)];
                         a.extend(self.close(format!(
-                            "client speaks version {version}, node speaks {}",
+                            "client speaks version {version}, node speaks {} to {}",
+                            super::MIN_VERSION,
                             super::VERSION
                         )));
                         return a;
                     }
+                    self.version = version.min(super::VERSION);
                     if (max_message as usize) < super::DATA_HEADER + 1024 {
                         return self
                             .close(format!("client max message {max_message} is too small"));
@@ -168,6 +184,7 @@ impl Session {
                     self.state = State::Ready;
                     vec![Action::Send(encode::hello_ok(
                         Status::Ok,
+                        self.version,
                         self.max_message,
                         self.cfg.max_inflight,
                         self.cfg.max_chunk,
@@ -189,7 +206,7 @@ impl Session {
         match request_id(frame) {
             Some(req)
                 if self.state == State::Ready
-                    && (kind::GET..=kind::FACTORS).contains(&t)
+                    && (kind::GET..=kind::LAST_REQUEST).contains(&t)
                     && !self.inflight.contains_key(&req) =>
             {
                 vec![Action::Send(encode::error(
@@ -212,6 +229,7 @@ impl Session {
             Request::List { req, .. } => (kind::LIST, *req),
             Request::Stat { req } => (kind::STAT, *req),
             Request::Factors { req, .. } => (kind::FACTORS, *req),
+            Request::Prove { req, .. } => (kind::PROVE, *req),
             Request::Hello { .. } | Request::Data { .. } => unreachable!("handled by on_frame"),
         };
         let refuse = |status, msg: &str| vec![Action::Send(encode::error(t, req, status, msg))];
@@ -313,6 +331,18 @@ impl Session {
                 after,
                 limit: limit.clamp(1, super::MAX_LIST as u16),
             },
+            Request::Prove { challenge, .. } => {
+                if self.version < 2 {
+                    return refuse(Status::BadRequest, "PROVE needs protocol version 2");
+                }
+                if !self.cfg.can_read {
+                    return refuse(Status::Unauthorized, "reads are not allowed for this key");
+                }
+                if challenge.len == 0 || challenge.len > self.cfg.max_chunk {
+                    return refuse(Status::BadRequest, "PROVE length must be 1 to max_chunk");
+                }
+                Action::Prove { req, challenge }
+            }
             Request::Hello { .. } | Request::Data { .. } => unreachable!(),
         };
         self.inflight.insert(req, Pending::Op);
@@ -407,13 +437,84 @@ mod tests {
     fn hello_first_and_version_checked() {
         let mut s = Session::new(cfg());
         assert!(is_close(&s.on_frame(encode::stat(1))));
+        // Version 0 predates the protocol: refused with a `version` response, then closed.
         let mut s = Session::new(cfg());
-        let mut hello = encode::hello(65536).to_vec();
-        hello[6] = 9; // version 9
-        let a = s.on_frame(Bytes::from(hello));
+        let a = s.on_frame(encode::hello_version(0, 65536));
         assert!(is_close(&a));
+        assert!(matches!(&a[0], Action::Send(f) if matches!(
+            decode_response(f).unwrap(),
+            Response::Hello { status: Status::Version, version: crate::protocol::VERSION, .. }
+        )));
         let mut s = ready(cfg());
         assert!(is_close(&s.on_frame(encode::hello(65536))), "HELLO twice");
+    }
+
+    fn agreed(client_version: u16) -> (Session, u16) {
+        let mut s = Session::new(cfg());
+        let a = s.on_frame(encode::hello_version(client_version, 65536));
+        let [Action::Send(f)] = &a[..] else {
+            panic!("{a:?}")
+        };
+        let Response::Hello {
+            status: Status::Ok,
+            version,
+            ..
+        } = decode_response(f).unwrap()
+        else {
+            panic!("{a:?}")
+        };
+        (s, version)
+    }
+
+    #[test]
+    fn versions_are_negotiated_down_and_prove_needs_two() {
+        let c = crate::protocol::Challenge {
+            id: ChunkId([1; 32]),
+            nonce: [0; 16],
+            offset: 0,
+            len: 10,
+        };
+        // A newer client talks to us at our version; PROVE works.
+        let (mut s, v) = agreed(9);
+        assert_eq!(v, 2);
+        assert_eq!(
+            s.on_frame(encode::prove(1, &c)),
+            vec![Action::Prove {
+                req: 1,
+                challenge: c
+            }]
+        );
+        // A version-1 client is served, without PROVE.
+        let (mut s, v) = agreed(1);
+        assert_eq!(v, 1);
+        assert_eq!(
+            status_of(&s.on_frame(encode::prove(1, &c))),
+            Status::BadRequest
+        );
+        assert_eq!(s.inflight(), 0);
+        // A zero-length or oversized range is a bad request, not a read.
+        let (mut s, _) = agreed(2);
+        let zero = crate::protocol::Challenge { len: 0, ..c };
+        assert_eq!(
+            status_of(&s.on_frame(encode::prove(2, &zero))),
+            Status::BadRequest
+        );
+        let huge = crate::protocol::Challenge { len: u32::MAX, ..c };
+        assert_eq!(
+            status_of(&s.on_frame(encode::prove(3, &huge))),
+            Status::BadRequest
+        );
+        // Without read access, no proofs either.
+        let mut s = Session::new(SessionConfig {
+            can_read: false,
+            can_write: false,
+            ..cfg()
+        });
+        s.on_frame(encode::hello(65536));
+        assert_eq!(
+            status_of(&s.on_frame(encode::prove(4, &c))),
+            Status::Unauthorized
+        );
     }
 
     #[test]

@@ -25,15 +25,42 @@ impl Factors {
     pub fn open(dir: &Path, default: u8, max: u8) -> io::Result<Factors> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("factors");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // Factors are not derived state: losing one would let handoff trim a file below
+        // the copies its owner asked for. A damaged file stops the start, naming it.
+        let damaged = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {what}; the per-file factors file is damaged. Fix the line, or remove \
+                     the file (files stored with --replicas then keep replication.factor copies \
+                     until their factors are learned again from manifests and peers)",
+                    path.display()
+                ),
+            )
+        };
+        let text = match std::fs::read(&path) {
+            Ok(b) => String::from_utf8(b).map_err(|_| damaged("not UTF-8 text".into()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
         let mut map = BTreeMap::new();
-        for line in text.lines() {
-            if let Some((id, n)) = line.strip_prefix("F ").and_then(|l| l.split_once(' '))
-                && let (Ok(id), Ok(n)) = (id.parse::<ChunkId>(), n.parse::<u8>())
-            {
-                let e = map.entry(id).or_insert(n);
-                *e = (*e).max(n);
-            }
+        for (n, line) in complete.lines().enumerate() {
+            let Some((id, f)) = line.strip_prefix("F ").and_then(|l| l.split_once(' ')) else {
+                return Err(damaged(format!("line {}: unknown record {line:?}", n + 1)));
+            };
+            let (Ok(id), Ok(f)) = (id.parse::<ChunkId>(), f.parse::<u8>()) else {
+                return Err(damaged(format!("line {}: bad record {line:?}", n + 1)));
+            };
+            let e = map.entry(id).or_insert(f);
+            *e = (*e).max(f);
+        }
+        if complete.len() != text.len() {
+            // A torn last line (a crash mid-append): drop it before appending again.
+            crate::fsutil::write_atomic(&path, complete.as_bytes())?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Factors {
@@ -139,5 +166,38 @@ mod tests {
         let (rest, more) = f.page(Some(page[1].0), 10);
         assert_eq!(rest.len(), 1);
         assert!(!more);
+    }
+
+    #[test]
+    fn a_damaged_factors_file_stops_the_start_naming_it_and_a_torn_tail_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let a = ChunkId([1; 32]);
+        std::fs::write(
+            d.path().join("factors"),
+            format!(
+                "F {a} 3
+F {a} x
+"
+            ),
+        )
+        .unwrap();
+        let e = Factors::open(d.path(), 2, 4).err().unwrap().to_string();
+        assert!(e.contains("factors: line 2"), "{e}");
+        assert!(e.contains("remove"), "{e}");
+        // A crash mid-append leaves a torn last line: dropped, and appends go on cleanly.
+        std::fs::write(
+            d.path().join("factors"),
+            format!(
+                "F {a} 3
+F 12"
+            ),
+        )
+        .unwrap();
+        let f = Factors::open(d.path(), 2, 4).unwrap();
+        assert_eq!(f.get(&a), 3);
+        f.record(ChunkId([2; 32]), 4).unwrap();
+        drop(f);
+        let f = Factors::open(d.path(), 2, 4).unwrap();
+        assert_eq!(f.get(&ChunkId([2; 32])), 4);
     }
 }

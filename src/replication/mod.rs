@@ -42,6 +42,8 @@ pub struct Stats {
     pub served_bytes: AtomicU64,
     pub repaired: AtomicU64,
     pub handed_off: AtomicU64,
+    /// HAS claims a proof then refuted: a lying or broken member.
+    pub failed_proofs: AtomicU64,
     pub sweeps: AtomicU64,
 }
 
@@ -135,6 +137,7 @@ impl Replicator {
             "served_bytes": s.served_bytes.load(Ordering::Relaxed),
             "repaired": s.repaired.load(Ordering::Relaxed),
             "handed_off": s.handed_off.load(Ordering::Relaxed),
+            "failed_proofs": s.failed_proofs.load(Ordering::Relaxed),
             "budget_bps": self.budget.current_rate(),
             "last_sweep_s_ago": last,
         })
@@ -284,7 +287,7 @@ impl Replicator {
             self.work.notify_one();
         }
 
-        // Local chunks: pin what is ours, hand off what is not.
+        // Local chunks: hand off what is not placed here, once its holders prove it.
         let store = Arc::clone(&self.store);
         let local: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
@@ -304,11 +307,7 @@ impl Replicator {
                 .into_iter()
                 .map(String::from)
                 .collect();
-            if targets.contains(&self.my_id) {
-                if !self.store.is_pinned(&id) {
-                    let _ = self.store.pin(&id);
-                }
-            } else if eligible >= factor && targets.len() == factor {
+            if !targets.contains(&self.my_id) && eligible >= factor && targets.len() == factor {
                 for t in &targets {
                     handoff.entry(t.clone()).or_default().push(id);
                 }
@@ -316,46 +315,70 @@ impl Replicator {
             }
         }
         if !candidates.is_empty() {
-            let mut confirmed: HashMap<String, std::collections::HashSet<ChunkId>> = HashMap::new();
-            for (peer, ids) in &handoff {
-                let Ok(conn) = self.conn(peer).await else {
-                    continue;
-                };
-                if let Ok(bits) = conn.has(ids).await {
-                    confirmed.insert(
-                        peer.clone(),
-                        ids.iter()
-                            .zip(bits)
-                            .filter(|(_, b)| *b)
-                            .map(|(id, _)| *id)
-                            .collect(),
-                    );
-                }
-            }
-            let mut n = 0;
-            for (id, targets) in candidates {
-                if targets
-                    .iter()
-                    .all(|t| confirmed.get(t).is_some_and(|s| s.contains(&id)))
-                {
-                    let store = Arc::clone(&self.store);
-                    if tokio::task::spawn_blocking(move || store.delete(&id))
-                        .await?
-                        .is_ok()
-                    {
-                        n += 1;
-                    }
-                }
-            }
-            if n > 0 {
-                self.stats.handed_off.fetch_add(n, Ordering::Relaxed);
-                info!(
-                    chunks = n,
-                    "handed off chunks now held by their placed nodes"
-                );
-            }
+            self.hand_off(handoff, candidates).await?;
         }
         *self.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Deletes the local copies whose placed holders all prove they hold theirs. HAS
+    /// first (one round trip for a batch) to skip the hopeless, then one PROVE per
+    /// (chunk, holder), checked against our own copy. A holder that claims a chunk and
+    /// fails the proof is logged: it is lying or broken.
+    async fn hand_off(
+        &self,
+        by_peer: HashMap<String, Vec<ChunkId>>,
+        candidates: Vec<(ChunkId, Vec<String>)>,
+    ) -> anyhow::Result<()> {
+        let mut proved: std::collections::HashSet<(String, ChunkId)> = Default::default();
+        for (peer, ids) in &by_peer {
+            let Ok(conn) = self.conn(peer).await else {
+                continue;
+            };
+            let Ok(bits) = conn.has(ids).await else {
+                continue;
+            };
+            for (id, _) in ids.iter().zip(bits).filter(|(_, b)| *b) {
+                let store = Arc::clone(&self.store);
+                let id = *id;
+                let Ok(Ok(data)) = tokio::task::spawn_blocking(move || store.get(&id)).await else {
+                    continue;
+                };
+                match conn.proves(&id, &data).await {
+                    Ok(true) => {
+                        proved.insert((peer.clone(), id));
+                    }
+                    Ok(false) => {
+                        self.stats.failed_proofs.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, chunk = %id, "a node claimed a chunk (HAS) but failed to prove it: keeping our copy");
+                    }
+                    Err(e) => debug!(%peer, chunk = %id, error = %e, "proof request failed"),
+                }
+            }
+        }
+        let mut n = 0;
+        for (id, targets) in candidates {
+            let placed: Vec<&str> = targets.iter().map(String::as_str).collect();
+            let factor = placed.len();
+            if crate::store::retention::redundant(&self.my_id, &placed, factor, |p| {
+                proved.contains(&(p.to_string(), id))
+            }) {
+                let store = Arc::clone(&self.store);
+                if tokio::task::spawn_blocking(move || store.delete(&id))
+                    .await?
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.stats.handed_off.fetch_add(n, Ordering::Relaxed);
+            info!(
+                chunks = n,
+                "handed off chunks their placed nodes proved they hold"
+            );
+        }
         Ok(())
     }
 
@@ -424,10 +447,8 @@ impl Replicator {
                     let n = data.len() as u64;
                     let store = Arc::clone(&self.store);
                     let id = item.id;
-                    let stored = tokio::task::spawn_blocking(move || {
-                        store.put_verified(&data, Some(id)).map(|_| store.pin(&id))
-                    })
-                    .await;
+                    let stored =
+                        tokio::task::spawn_blocking(move || store.put_replica(&data, id)).await;
                     match stored {
                         Ok(Ok(_)) => {
                             self.stats.pulled_chunks.fetch_add(1, Ordering::Relaxed);

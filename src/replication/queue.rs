@@ -11,6 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use tracing::error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -37,7 +38,21 @@ impl Queue {
     pub fn open(dir: &Path, max: usize) -> io::Result<Queue> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("queue");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // The queue is derived state (every sweep queues what is missing again), so a
+        // damaged file is rebuilt rather than trusted: loudly, never silently emptied.
+        let text = match std::fs::read(&path) {
+            Ok(b) => String::from_utf8(b).unwrap_or_else(|_| {
+                error!(file = %path.display(), "replication queue is not UTF-8 text; starting empty, the next sweep rebuilds it");
+                String::new()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", path.display()),
+                ));
+            }
+        };
         let mut items: VecDeque<Item> = VecDeque::new();
         let mut ids = HashSet::new();
         let complete = match text.rfind('\n') {
@@ -45,32 +60,43 @@ impl Queue {
             None => "",
         };
         let mut lines = 0;
+        let mut bad = 0;
         for line in complete.lines() {
             lines += 1;
             let f: Vec<&str> = line.split(' ').collect();
             match f.as_slice() {
-                ["A", id, from, size] => {
-                    if let (Ok(id), Ok(size)) = (id.parse::<ChunkId>(), size.parse())
-                        && items.len() < max
-                        && ids.insert(id)
-                    {
-                        items.push_back(Item {
-                            id,
-                            from: from.to_string(),
-                            size,
-                            attempts: 0,
-                        });
+                ["A", id, from, size] => match (id.parse::<ChunkId>(), size.parse()) {
+                    (Ok(id), Ok(size)) => {
+                        if items.len() < max && ids.insert(id) {
+                            items.push_back(Item {
+                                id,
+                                from: from.to_string(),
+                                size,
+                                attempts: 0,
+                            });
+                        }
                     }
-                }
-                ["D", id] => {
-                    if let Ok(id) = id.parse::<ChunkId>()
-                        && ids.remove(&id)
-                    {
-                        items.retain(|i| i.id != id);
+                    _ => bad += 1,
+                },
+                ["D", id] => match id.parse::<ChunkId>() {
+                    Ok(id) => {
+                        if ids.remove(&id) {
+                            items.retain(|i| i.id != id);
+                        }
                     }
-                }
-                _ => {}
+                    Err(_) => bad += 1,
+                },
+                _ => bad += 1,
             }
+        }
+        if bad > 0 {
+            error!(
+                file = %path.display(),
+                bad_lines = bad,
+                "replication queue has damaged lines; starting empty, the next sweep rebuilds it"
+            );
+            items.clear();
+            ids.clear();
         }
         let log = OpenOptions::new().create(true).append(true).open(&path)?;
         let mut q = Queue {
@@ -214,5 +240,26 @@ mod tests {
         std::fs::write(d.path().join("queue"), format!("A {} a 5\nA 12", id(9))).unwrap();
         let q = Queue::open(d.path(), 10).unwrap();
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_queue_is_rebuilt_loudly_not_half_trusted() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("queue"),
+            format!(
+                "A {} a 5
+\u{1}garbage
+A {} b 6
+",
+                id(1),
+                id(2)
+            ),
+        )
+        .unwrap();
+        let q = Queue::open(d.path(), 10).unwrap();
+        assert!(q.is_empty(), "the next sweep queues what is missing again");
+        std::fs::write(d.path().join("queue"), [0xff, 0xfe, b'\n']).unwrap();
+        assert!(Queue::open(d.path(), 10).unwrap().is_empty());
     }
 }

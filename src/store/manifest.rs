@@ -67,6 +67,11 @@ pub enum ManifestError {
 
 pub const VERSION: u32 = 1;
 
+/// Whether a chunk is worth decoding as a manifest (cheap; [`Manifest::decode`] decides).
+pub fn looks_like(data: &[u8]) -> bool {
+    data.starts_with(b"{\"ddc_manifest\":")
+}
+
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a manifest always serializes")
@@ -74,7 +79,7 @@ impl Manifest {
 
     /// Parses and checks a manifest: version, and a chunk count consistent with the size.
     pub fn decode(data: &[u8]) -> Result<Manifest, ManifestError> {
-        if !data.starts_with(b"{\"ddc_manifest\":") {
+        if !looks_like(data) {
             return Err(ManifestError::NotAManifest(
                 "it does not start with {\"ddc_manifest\":".into(),
             ));

@@ -7,8 +7,8 @@
 //! chunks/<00..ff>/<id>   chunk files, fanned out on the ID's first byte
 //! tmp/                   writes in progress; emptied at start (a crash leaves them)
 //! quarantine/<id>        chunks that failed verification, never served
-//! pins/<00..ff>/<id>     empty files: chunks this node is responsible for (kept by GC)
 //! state/counters.json    accounting snapshot; state/journal continues it (see journal.rs)
+//! state/uploads          uploads no manifest has claimed yet, manifests held (uploads.rs)
 //! lock                   flock: one process owns the store at a time
 //! ```
 //!
@@ -25,6 +25,8 @@ pub mod id;
 pub mod journal;
 pub mod manifest;
 pub mod quota;
+pub mod retention;
+pub mod uploads;
 
 use crate::config::{Reserve, StorageSection};
 pub use id::{ChunkId, Hasher, IdError};
@@ -33,14 +35,13 @@ pub use manifest::{Manifest, ManifestError};
 use quota::{Counters, FsSpace, NearFull, QuotaError};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 /// The largest chunk the store accepts, whatever the config says.
 pub const HARD_MAX_CHUNK: u64 = 4 << 20;
@@ -109,6 +110,8 @@ pub struct StoreConfig {
     pub reserve: Reserve,
     pub max_chunk: u64,
     pub fsync: bool,
+    /// Seconds an upload no manifest claims is kept before GC may delete it.
+    pub upload_grace_s: u64,
 }
 
 impl StoreConfig {
@@ -118,6 +121,7 @@ impl StoreConfig {
             reserve: s.reserve,
             max_chunk: s.chunk_size.0.min(HARD_MAX_CHUNK),
             fsync: s.fsync,
+            upload_grace_s: s.upload_grace.0.as_secs(),
         }
     }
 }
@@ -147,6 +151,9 @@ pub struct Stat {
     pub quarantined_bytes: u64,
     pub free_bytes: u64,
     pub reserve_bytes: u64,
+    /// What GC could free (abandoned uploads) vs what it never touches.
+    #[serde(flatten)]
+    pub retention: retention::Breakdown,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -178,6 +185,8 @@ pub struct Store {
     inner: Mutex<Inner>,
     tmp_seq: AtomicU64,
     events: broadcast::Sender<StoreEvent>,
+    /// Lock order: `ledger` before `inner`.
+    ledger: Mutex<uploads::Ledger>,
     _lock: File,
 }
 
@@ -195,7 +204,7 @@ impl Store {
     /// journal without walking the chunks.
     pub fn open(data_dir: &Path, cfg: StoreConfig) -> Result<Store> {
         let root = data_dir.join("store");
-        for d in ["chunks", "tmp", "quarantine", "pins", "state"] {
+        for d in ["chunks", "tmp", "quarantine", "state"] {
             fs::create_dir_all(root.join(d)).map_err(StoreError::io(format!(
                 "creating {}",
                 root.join(d).display()
@@ -203,12 +212,9 @@ impl Store {
         }
         let lock = lock_exclusive(&root.join("lock"))?;
         for i in 0..=255u8 {
-            for d in ["chunks", "pins"] {
-                let p = root.join(d).join(format!("{i:02x}"));
-                if !p.exists() {
-                    fs::create_dir(&p)
-                        .map_err(StoreError::io(format!("creating {}", p.display())))?;
-                }
+            let p = root.join("chunks").join(format!("{i:02x}"));
+            if !p.exists() {
+                fs::create_dir(&p).map_err(StoreError::io(format!("creating {}", p.display())))?;
             }
         }
         let mut removed = 0;
@@ -242,15 +248,24 @@ impl Store {
             }
         };
         let journal_path = root.join("state/journal");
-        let text = fs::read_to_string(&journal_path).unwrap_or_default();
-        let parsed = journal::parse(&text);
-        if parsed.bad_lines > 0 {
-            error!(
-                bad_lines = parsed.bad_lines,
-                "accounting journal has unreadable lines; counters may drift until the next verification walk"
-            );
-        }
-        let counters = if parsed.generation == Some(snapshot.generation) {
+        // A journal that cannot be read, or has damaged lines, cannot be trusted for the
+        // counters: rebuild them from the chunks (one walk), loudly, instead of reading
+        // it as empty.
+        let (parsed, damaged) = match fs::read(&journal_path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    let p = journal::parse(&text);
+                    let bad = p.bad_lines;
+                    (p, (bad > 0).then(|| format!("{bad} unreadable lines")))
+                }
+                Err(_) => (journal::Parsed::default(), Some("not UTF-8 text".into())),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (journal::Parsed::default(), None),
+            Err(e) => (journal::Parsed::default(), Some(e.to_string())),
+        };
+        let counters = if damaged.is_some() {
+            snapshot.counters
+        } else if parsed.generation == Some(snapshot.generation) {
             let chunks = root.join("chunks");
             journal::replay(snapshot.counters, &parsed.records, |id| {
                 fs::metadata(chunks.join(id.fanout()).join(id.to_string()))
@@ -274,6 +289,11 @@ impl Store {
                 "opening {}",
                 journal_path.display()
             )))?;
+        let ledger =
+            uploads::Ledger::open(&root.join("state"), cfg.fsync).map_err(|e| StoreError::Io {
+                context: format!("reading {}", root.join("state/uploads").display()),
+                source: e,
+            })?;
         let (events, _) = broadcast::channel(64);
         let store = Store {
             cfg: cfg.clone(),
@@ -292,8 +312,28 @@ impl Store {
             root,
             tmp_seq: AtomicU64::new(0),
             events,
+            ledger: Mutex::new(ledger),
             _lock: lock,
         };
+        if let Some(why) = damaged {
+            error!(
+                journal = %journal_path.display(),
+                problem = %why,
+                "the accounting journal is damaged; rebuilding the counters from the chunks on disk"
+            );
+            let mut actual = Counters::default();
+            store.for_each(|_, size| {
+                actual.used_bytes += size;
+                actual.chunks += 1;
+                true
+            })?;
+            store.lock().counters = actual;
+            info!(
+                used_bytes = actual.used_bytes,
+                chunks = actual.chunks,
+                "counters rebuilt"
+            );
+        }
         // Fold the replayed journal into a fresh snapshot so the next start is instant.
         store.checkpoint()?;
         Ok(store)
@@ -321,13 +361,6 @@ impl Store {
             .join(id.to_string())
     }
 
-    fn pin_path(&self, id: &ChunkId) -> PathBuf {
-        self.root
-            .join("pins")
-            .join(id.fanout())
-            .join(id.to_string())
-    }
-
     /// Changes the quota at runtime (`set_limits` over MQTT). Stored chunks are kept even
     /// if they are now over it; new puts are refused until usage falls below.
     pub fn set_quota(&self, quota: u64) {
@@ -347,8 +380,15 @@ impl Store {
 
     pub fn stat(&self) -> Result<Stat> {
         let fs = self.fs_space()?;
+        let uploads = self.ledger().uploads();
         let i = self.lock();
         Ok(Stat {
+            retention: retention::breakdown(
+                &uploads,
+                i.counters.used_bytes,
+                crate::control::unix_now(),
+                self.cfg.upload_grace_s,
+            ),
             used_bytes: i.counters.used_bytes,
             quota_bytes: i.quota,
             chunks: i.counters.chunks,
@@ -381,6 +421,104 @@ impl Store {
     /// computed on a second thread while the data is written, so a put costs about
     /// max(hash, write) rather than their sum.
     pub fn put_verified(&self, data: &[u8], expected: Option<ChunkId>) -> Result<PutOutcome> {
+        let outcome = self.write_verified(data, expected)?;
+        if manifest::looks_like(data) {
+            self.note_manifest(outcome.id(), data)?;
+        }
+        Ok(outcome)
+    }
+
+    /// A client's upload of one chunk. A chunk new here is pending in the upload ledger
+    /// until a manifest claims it (GC may delete it once abandoned for
+    /// `storage.upload_grace`); one already pending is touched. Anything else already
+    /// here stays as protected as it was.
+    pub fn put_upload(&self, data: &[u8], expected: ChunkId, now: u64) -> Result<PutOutcome> {
+        loop {
+            let outcome = self.put_verified(data, Some(expected))?;
+            let mut ledger = self.ledger();
+            // GC deletes under the ledger lock: with it held, a chunk that is here now
+            // stays until we let go, so "already present" is still true when we say it.
+            if !self.has(&expected) {
+                continue;
+            }
+            let is_manifest = ledger.manifests().contains(&expected);
+            match outcome {
+                PutOutcome::Stored(_) if !is_manifest => ledger
+                    .upload(expected, data.len() as u64, now)
+                    .map_err(StoreError::io("appending to the upload ledger"))?,
+                PutOutcome::AlreadyPresent(_) if ledger.is_pending(&expected) => ledger
+                    .upload(expected, data.len() as u64, now)
+                    .map_err(StoreError::io("appending to the upload ledger"))?,
+                _ => {}
+            }
+            return Ok(outcome);
+        }
+    }
+
+    /// Another node's copy, fetched by replication: a replica is protected, whatever the
+    /// ledger said of the same chunk before.
+    pub fn put_replica(&self, data: &[u8], expected: ChunkId) -> Result<PutOutcome> {
+        let outcome = self.put_verified(data, Some(expected))?;
+        self.ledger()
+            .claim(&expected)
+            .map_err(StoreError::io("appending to the upload ledger"))?;
+        Ok(outcome)
+    }
+
+    /// A client relies on a pending upload being here (it proved it and skips sending
+    /// it): restart its grace period. False if the chunk is not here.
+    pub fn touch_upload(&self, id: &ChunkId, now: u64) -> Result<bool> {
+        let mut ledger = self.ledger();
+        if !self.has(id) {
+            return Ok(false);
+        }
+        if let Some(size) = ledger
+            .uploads()
+            .iter()
+            .find(|u| u.id == *id)
+            .map(|u| u.size)
+        {
+            ledger
+                .upload(*id, size, now)
+                .map_err(StoreError::io("appending to the upload ledger"))?;
+        }
+        Ok(true)
+    }
+
+    /// A manifest is stored here: it and every chunk it lists are claimed, and it joins
+    /// the manifests GC checks references against.
+    fn note_manifest(&self, id: ChunkId, data: &[u8]) -> Result<()> {
+        let Ok(m) = Manifest::decode(data) else {
+            return Ok(());
+        };
+        let mut ledger = self.ledger();
+        let io = StoreError::io("appending to the upload ledger");
+        (|| {
+            ledger.add_manifest(id)?;
+            ledger.claim(&id)?;
+            for c in &m.chunks {
+                ledger.claim(c)?;
+            }
+            Ok(())
+        })()
+        .map_err(io)
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, uploads::Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `bytes` more would fit under the quota and the reserve now: a put whose
+    /// size is known up front is refused before it writes anything.
+    pub fn check_room(&self, bytes: u64) -> Result<()> {
+        let fs = self.fs_space()?;
+        let reserve = self.reserve_bytes(fs);
+        let i = self.lock();
+        quota::check(i.counters, i.reserved, bytes, i.quota, fs, reserve)?;
+        Ok(())
+    }
+
+    fn write_verified(&self, data: &[u8], expected: Option<ChunkId>) -> Result<PutOutcome> {
         const PARALLEL_FROM: usize = 64 << 10;
         if data.len() < PARALLEL_FROM {
             return self.put_stream(data, data.len() as u64, expected);
@@ -683,8 +821,19 @@ impl Store {
         StoreError::Corrupt { id: *id, actual }
     }
 
-    /// Deletes a chunk (and its pin). Frees exactly its size.
+    /// Deletes a chunk. Frees exactly its size. Callers decide that it may go (retention
+    /// model, docs/store.md); the store only keeps the ledger true.
     pub fn delete(&self, id: &ChunkId) -> Result<u64> {
+        let mut ledger = self.ledger();
+        let io = StoreError::io("appending to the upload ledger");
+        ledger
+            .claim(id)
+            .and_then(|()| ledger.remove_manifest(id))
+            .map_err(io)?;
+        self.delete_locked(id)
+    }
+
+    fn delete_locked(&self, id: &ChunkId) -> Result<u64> {
         let path = self.chunk_path(id);
         let size = {
             let mut i = self.lock();
@@ -702,33 +851,12 @@ impl Store {
             i.changes += 1;
             size
         };
-        let _ = fs::remove_file(self.pin_path(id));
         if self.cfg.fsync {
             crate::fsutil::sync_dir(path.parent().expect("chunk paths have a parent"))
                 .map_err(StoreError::io("fsync of a chunk directory"))?;
         }
         self.maybe_checkpoint()?;
         Ok(size)
-    }
-
-    /// Marks a chunk as one this node is responsible for: GC keeps it. A pin may come
-    /// before the chunk does.
-    pub fn pin(&self, id: &ChunkId) -> Result<()> {
-        File::create(self.pin_path(id))
-            .map(drop)
-            .map_err(StoreError::io(format!("pinning {id}")))
-    }
-
-    pub fn unpin(&self, id: &ChunkId) -> Result<()> {
-        match fs::remove_file(self.pin_path(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(format!("unpinning {id}"))(e)),
-        }
-    }
-
-    pub fn is_pinned(&self, id: &ChunkId) -> bool {
-        self.pin_path(id).exists()
     }
 
     /// Calls `f` for every stored chunk with its size, in ID order. Stops early if `f`
@@ -837,36 +965,54 @@ impl Store {
         Ok(Some(actual))
     }
 
-    /// Deletes unpinned chunks, oldest first, while usage is above `high_percent` of the
-    /// quota, until it is at or below `low_percent`. Returns (chunks, bytes) freed.
-    pub fn gc(&self, high_percent: u64, low_percent: u64) -> Result<(u64, u64)> {
-        let (used, quota) = {
-            let i = self.lock();
-            (i.counters.used_bytes, i.quota)
-        };
-        if used * 100 <= quota * high_percent {
+    /// One GC round at `now` (unix seconds): deletes the uploads the retention model
+    /// calls abandoned (docs/store.md) and nothing else. Returns (chunks, bytes) freed.
+    pub fn gc(&self, now: u64) -> Result<(u64, u64)> {
+        let grace = self.cfg.upload_grace_s;
+        let uploads = self.ledger().uploads();
+        if !uploads
+            .iter()
+            .any(|u| retention::is_abandoned(u, false, now, grace))
+        {
             return Ok((0, 0));
         }
-        let target = quota * low_percent / 100;
-        let mut candidates = Vec::new();
-        self.for_each(|id, _| {
-            if !self.is_pinned(&id)
-                && let Ok(m) = fs::metadata(self.chunk_path(&id))
-            {
-                candidates.push((m.mtime(), id));
+        // Candidates exist: learn what the manifests held here reference. A manifest
+        // that cannot be read (gone, corrupt) references nothing we can check; the
+        // candidates it might have named are deleted only if no readable one names them.
+        let mut referenced = std::collections::HashSet::new();
+        for m in self.ledger().manifests() {
+            match self.get(&m) {
+                Ok(bytes) => {
+                    if let Ok(man) = Manifest::decode(&bytes) {
+                        referenced.extend(man.chunks);
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {
+                    let _ = self.ledger().remove_manifest(&m);
+                }
+                Err(e) => warn!(manifest = %m, error = %e, "manifest unreadable during GC"),
             }
-            true
-        })?;
-        candidates.sort_unstable();
+        }
+        let garbage = retention::select_garbage(&uploads, |id| referenced.contains(id), now, grace);
         let (mut n, mut freed) = (0, 0);
-        for (_, id) in candidates {
-            if used - freed <= target {
-                break;
+        for (id, _, why) in garbage {
+            let mut ledger = self.ledger();
+            // Still pending and untouched since we looked (a client may rely on it now).
+            let same = ledger
+                .uploads()
+                .iter()
+                .any(|u| u.id == id && retention::is_abandoned(u, false, now, grace));
+            if !same {
+                continue;
             }
-            match self.delete(&id) {
+            ledger
+                .claim(&id)
+                .map_err(StoreError::io("appending to the upload ledger"))?;
+            match self.delete_locked(&id) {
                 Ok(size) => {
                     n += 1;
                     freed += size;
+                    debug!(%id, reason = ?why, "garbage-collected");
                 }
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -876,20 +1022,66 @@ impl Store {
             info!(
                 chunks = n,
                 bytes = freed,
-                "garbage-collected unpinned chunks"
+                grace_s = grace,
+                "garbage-collected abandoned uploads (no manifest claimed them within the grace period)"
             );
         }
         Ok((n, freed))
     }
 
-    /// Stores a file: its chunks, then its manifest. Returns the file ID.
+    /// Stores a file: its chunks, then its manifest. Returns the file ID. All or
+    /// nothing: a put that fails (quota, disk, a read error) deletes the chunks it added,
+    /// so the store is left as it was.
     pub fn put_file<R: Read>(&self, reader: R, chunk_size: u32) -> Result<ChunkId> {
-        let m = manifest::split(reader, chunk_size, self.cfg.max_chunk, |c| {
-            self.put(c)
-                .map(|o| o.id())
-                .map_err(|e| ManifestError::Io(io::Error::other(e.to_string())))
-        })?;
-        Ok(self.put(&m.encode())?.id())
+        let added = Mutex::new(Vec::new());
+        let mut failed = None;
+        let result = (|| {
+            let split = manifest::split(reader, chunk_size, self.cfg.max_chunk, |c| {
+                self.put_tracked(c, &added).map_err(|e| {
+                    let message = ManifestError::Io(io::Error::other(e.to_string()));
+                    failed = Some(e);
+                    message
+                })
+            });
+            // The store's own error (say, `quota`) rather than its text.
+            let m = match (split, failed.take()) {
+                (Err(_), Some(e)) => return Err(e),
+                (r, _) => r?,
+            };
+            self.put_tracked(&m.encode(), &added)
+        })();
+        self.roll_back_on_error(result, added)
+    }
+
+    /// A put that remembers what it added, for [`roll_back_on_error`](Self::roll_back_on_error).
+    fn put_tracked(&self, data: &[u8], added: &Mutex<Vec<ChunkId>>) -> Result<ChunkId> {
+        let o = self.put(data)?;
+        if let PutOutcome::Stored(id) = o {
+            added.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        }
+        Ok(o.id())
+    }
+
+    fn roll_back_on_error(
+        &self,
+        result: Result<ChunkId>,
+        added: Mutex<Vec<ChunkId>>,
+    ) -> Result<ChunkId> {
+        if result.is_err() {
+            let added = added.into_inner().unwrap_or_else(|p| p.into_inner());
+            let mut freed = 0;
+            for id in &added {
+                freed += self.delete(id).unwrap_or(0);
+            }
+            if !added.is_empty() {
+                info!(
+                    chunks = added.len(),
+                    bytes = freed,
+                    "put failed: removed the chunks it had added"
+                );
+            }
+        }
+        result
     }
 
     /// Like [`put_file`](Self::put_file) with `jobs` chunk writes in flight at once (a
@@ -907,14 +1099,15 @@ impl Store {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(jobs);
         let rx = Mutex::new(rx);
+        let added = Mutex::new(Vec::new());
         let results: Mutex<Vec<(usize, Result<ChunkId>)>> = Mutex::new(Vec::new());
-        let (count, size) = std::thread::scope(|scope| {
+        let counted = std::thread::scope(|scope| {
             for _ in 0..jobs {
                 scope.spawn(|| {
                     loop {
                         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok((index, buf)) = next else { return };
-                        let r = self.put(&buf).map(|o| o.id());
+                        let r = self.put_tracked(&buf, &added);
                         results
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -953,21 +1146,25 @@ impl Store {
             drop(tx);
             read.map(|()| (index, size))
         })
-        .map_err(StoreError::io("reading the file"))?;
-        let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-        results.sort_unstable_by_key(|(i, _)| *i);
-        let mut chunks = Vec::with_capacity(count);
-        for (_, r) in results {
-            chunks.push(r?);
-        }
-        let m = Manifest {
-            ddc_manifest: manifest::VERSION,
-            size,
-            chunk_size,
-            chunks,
-            replicas: None,
-        };
-        Ok(self.put(&m.encode())?.id())
+        .map_err(StoreError::io("reading the file"));
+        let result = (|| {
+            let (count, size) = counted?;
+            let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+            results.sort_unstable_by_key(|(i, _)| *i);
+            let mut chunks = Vec::with_capacity(count);
+            for (_, r) in results {
+                chunks.push(r?);
+            }
+            let m = Manifest {
+                ddc_manifest: manifest::VERSION,
+                size,
+                chunk_size,
+                chunks,
+                replicas: None,
+            };
+            self.put_tracked(&m.encode(), &added)
+        })();
+        self.roll_back_on_error(result, added)
     }
 
     /// Reads a file back by its manifest ID, verifying every chunk.
@@ -1059,6 +1256,30 @@ impl AsyncStore {
 
     pub async fn put(&self, data: bytes::Bytes, expected: Option<ChunkId>) -> Result<PutOutcome> {
         self.run(move |s| s.put_verified(&data, expected)).await
+    }
+
+    /// A client's upload ([`Store::put_upload`]).
+    pub async fn put_upload(&self, data: bytes::Bytes, expected: ChunkId) -> Result<PutOutcome> {
+        let now = crate::control::unix_now();
+        self.run(move |s| s.put_upload(&data, expected, now)).await
+    }
+
+    /// Answers a proof-of-possession challenge from the stored (and verified) chunk.
+    /// `for_client`: a client that proves a pending upload will rely on it, so its grace
+    /// period starts again. `Ok(None)`: the range does not fit the chunk.
+    pub async fn prove(
+        &self,
+        challenge: crate::protocol::Challenge,
+        for_client: bool,
+    ) -> Result<Option<[u8; 32]>> {
+        let now = crate::control::unix_now();
+        self.run(move |s| {
+            if for_client && !s.touch_upload(&challenge.id, now)? {
+                return Err(StoreError::NotFound(challenge.id));
+            }
+            Ok(challenge.answer(&s.get(&challenge.id)?))
+        })
+        .await
     }
 
     pub async fn get(&self, id: ChunkId) -> Result<bytes::Bytes> {

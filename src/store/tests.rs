@@ -6,6 +6,7 @@ fn cfg() -> StoreConfig {
         reserve: Reserve::Size(crate::units::ByteSize(0)),
         max_chunk: 64 << 10,
         fsync: false,
+        upload_grace_s: 86_400,
     }
 }
 
@@ -321,37 +322,153 @@ fn listing_pages_in_id_order() {
     assert_eq!(seen, ids);
 }
 
+fn small(quota: u64, grace: u64) -> StoreConfig {
+    StoreConfig {
+        quota,
+        upload_grace_s: grace,
+        ..cfg()
+    }
+}
+
 #[test]
-fn gc_keeps_pinned_chunks() {
+fn gc_never_deletes_local_files_or_replicas_even_when_full() {
+    // The reported loss: a single node at 95 % of its quota lost chunks of a file to GC.
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(
-        d.path(),
-        StoreConfig {
-            quota: 10_000,
-            ..cfg()
-        },
-    )
-    .unwrap();
-    let ids: Vec<_> = (0..10)
-        .map(|i| s.put(&data(950, i)).unwrap().id())
+    let s = Store::open(d.path(), small(10_000, 60)).unwrap();
+    let local: Vec<_> = (0..5).map(|i| s.put(&data(950, i)).unwrap().id()).collect();
+    let replicas: Vec<_> = (5..10)
+        .map(|i| {
+            let b = data(950, i);
+            s.put_replica(&b, ChunkId::of(&b)).unwrap().id()
+        })
         .collect();
-    for id in &ids[..5] {
-        s.pin(id).unwrap();
+    assert_eq!(s.stat().unwrap().used_bytes, 9500);
+    assert_eq!(s.gc(u64::MAX / 2).unwrap(), (0, 0));
+    for id in local.iter().chain(&replicas) {
+        assert!(s.has(id), "GC deleted protected chunk {id}");
     }
-    assert!(s.is_pinned(&ids[0]));
+    let st = s.stat().unwrap();
+    assert_eq!(st.retention.protected_bytes, 9500);
+    assert_eq!(st.retention.reclaimable_bytes, 0);
+    // Full with nothing reclaimable: the next write is refused, nothing is deleted.
+    assert!(matches!(s.put(&data(950, 99)), Err(StoreError::Full(_))));
+    assert_eq!(s.stat().unwrap().chunks, 10);
+}
+
+#[test]
+fn abandoned_uploads_go_after_the_grace_period_unless_a_manifest_claims_them() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), small(1 << 20, 100)).unwrap();
+    let chunk = |i| {
+        let b = data(500, i);
+        (ChunkId::of(&b), b)
+    };
+    let (a, b, c) = (chunk(1), chunk(2), chunk(3));
+    for (id, bytes) in [&a, &b, &c] {
+        s.put_upload(bytes, *id, 1000).unwrap();
+    }
+    // A completed upload: its manifest claims `a`.
+    let m = Manifest {
+        ddc_manifest: manifest::VERSION,
+        size: 500,
+        chunk_size: 500,
+        chunks: vec![a.0],
+        replicas: None,
+    }
+    .encode();
+    let mid = ChunkId::of(&m);
+    s.put_upload(&m, mid, 1001).unwrap();
+    let st = s.stat().unwrap();
     assert_eq!(
-        s.gc(95, 80).unwrap(),
-        (0, 0),
-        "9500 of 10000 is not above 95 %"
+        st.retention.pending_upload_bytes + st.retention.reclaimable_bytes,
+        1000
     );
-    let (n, freed) = s.gc(90, 60).unwrap();
-    // 9500 -> at most 6000 by deleting unpinned 950-byte chunks: 4 of them.
-    assert_eq!((n, freed), (4, 3800));
-    for id in &ids[..5] {
-        assert!(s.has(id), "a pinned chunk was collected");
+    assert_eq!(s.gc(1099).unwrap(), (0, 0), "within the grace period");
+    // `b` is touched (a client proved it and relies on it): its grace starts again.
+    assert!(s.touch_upload(&b.0, 1050).unwrap());
+    assert_eq!(s.gc(1100).unwrap(), (1, 500));
+    assert!(!s.has(&c.0), "the abandoned chunk stays");
+    assert!(s.has(&a.0) && s.has(&mid) && s.has(&b.0));
+    assert_eq!(s.gc(1150).unwrap(), (1, 500));
+    assert!(!s.has(&b.0));
+    // What a manifest claims is never garbage, however old.
+    assert_eq!(s.gc(u64::MAX / 2).unwrap(), (0, 0));
+    assert!(s.has(&a.0) && s.has(&mid));
+    // The ledger survives a restart.
+    drop(s);
+    let s = Store::open(d.path(), small(1 << 20, 100)).unwrap();
+    assert_eq!(s.gc(u64::MAX / 2).unwrap(), (0, 0));
+    assert!(s.has(&a.0) && s.has(&mid));
+}
+
+#[test]
+fn a_chunk_whose_manifest_came_first_is_not_garbage() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), small(1 << 20, 10)).unwrap();
+    let bytes = data(700, 4);
+    let id = ChunkId::of(&bytes);
+    let m = Manifest {
+        ddc_manifest: manifest::VERSION,
+        size: 700,
+        chunk_size: 700,
+        chunks: vec![id],
+        replicas: None,
     }
-    s.unpin(&ids[0]).unwrap();
-    assert!(!s.is_pinned(&ids[0]));
+    .encode();
+    s.put_upload(&m, ChunkId::of(&m), 0).unwrap();
+    s.put_upload(&bytes, id, 0).unwrap();
+    assert_eq!(s.gc(1000).unwrap(), (0, 0));
+    assert!(s.has(&id));
+}
+
+#[test]
+fn a_replica_of_a_pending_upload_is_protected() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), small(1 << 20, 10)).unwrap();
+    let bytes = data(700, 5);
+    let id = ChunkId::of(&bytes);
+    s.put_upload(&bytes, id, 0).unwrap();
+    s.put_replica(&bytes, id).unwrap();
+    assert_eq!(s.gc(1000).unwrap(), (0, 0));
+    assert!(s.has(&id));
+}
+
+#[test]
+fn a_refused_file_put_leaves_the_store_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), small(10_000, 60)).unwrap();
+    let keep = s.put(&data(1000, 50)).unwrap().id();
+    let big = data(20_000, 51);
+    for jobs in [1, 3] {
+        let e = s.put_file_jobs(&big[..], 1000, jobs).unwrap_err();
+        assert!(matches!(e, StoreError::Full(_)), "{e}");
+        let st = s.stat().unwrap();
+        assert_eq!((st.used_bytes, st.chunks), (1000, 1), "jobs={jobs}");
+        assert!(s.has(&keep));
+    }
+}
+
+#[test]
+fn a_damaged_journal_is_rebuilt_from_the_chunks_not_read_as_empty() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = open(d.path());
+        for i in 0..3 {
+            s.put(&data(100, i)).unwrap();
+        }
+        // Leave changes in the journal only, then damage it.
+        let snap = d.path().join("store/state/counters.json");
+        std::fs::write(
+            &snap,
+            br#"{"version":1,"generation":1,"used_bytes":0,"chunks":0}"#,
+        )
+        .unwrap();
+    }
+    let j = d.path().join("store/state/journal");
+    std::fs::write(&j, b"G 1\n\xff\xfe garbage\n").unwrap();
+    let s = open(d.path());
+    let st = s.stat().unwrap();
+    assert_eq!((st.used_bytes, st.chunks), (300, 3));
 }
 
 #[test]
