@@ -254,3 +254,67 @@ fn a_refused_put_leaves_used_bytes_where_they_were() {
     assert!(stderr(&o).contains("has room for"), "{}", stderr(&o));
     assert!(chunk_copies(&[dir.path()]).is_empty(), "chunks left behind");
 }
+
+/// A client that dies mid-upload leaves chunks no manifest will claim: the node reports
+/// them as pending, then reclaimable, and GC deletes them after the grace period.
+#[test]
+fn an_abandoned_upload_is_reclaimed_after_the_grace_period() {
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let mut p = Probe::connect(m.port, &[&format!("ddc/nodes/{id}/health")]);
+    let mut agent = start_agent(
+        &m.url(),
+        dir.path(),
+        &fixture("pi4-mains"),
+        &[
+            "bandwidth.ingress=256KiB/s",
+            "storage.gc_interval=1s",
+            "storage.upload_grace=3s",
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("client.key");
+    let file = work.path().join("f.bin");
+    random_file(&file, 64 * CHUNK, 13);
+    let mut args: Vec<String> = ["put", file.to_str().unwrap(), "--to", &id]
+        .map(String::from)
+        .to_vec();
+    args.extend(
+        ["--config", "/dev/null", "--broker", &m.url(), "--key"]
+            .map(String::from)
+            .into_iter()
+            .chain([key.display().to_string()]),
+    );
+    for s in TEST_SETS {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args.extend(["--set".into(), format!("storage.chunk_size={CHUNK}")]);
+    let mut client = bin()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Some chunks arrive (the node takes 4 a second), then the client dies.
+    p.wait("an upload in progress", Duration::from_secs(60), |msg| {
+        msg.json()["disk"]["pending_upload_bytes"]
+            .as_u64()
+            .is_some_and(|b| b >= 2 * CHUNK as u64)
+    });
+    client.kill().unwrap();
+    client.wait().unwrap();
+    agent.wait_for(
+        "garbage-collected abandoned uploads",
+        Duration::from_secs(60),
+    );
+    wait_until(
+        "every abandoned chunk gone",
+        Duration::from_secs(60),
+        || chunk_copies(&[dir.path()]).is_empty(),
+    );
+    p.wait_new("health with nothing left", Duration::from_secs(30), |msg| {
+        let d = &msg.json()["disk"];
+        d["used_bytes"] == 0 && d["pending_upload_bytes"] == 0 && d["reclaimable_bytes"] == 0
+    });
+}
