@@ -17,7 +17,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # Test binaries that start several agents at once run one test at a time: on two cores
 # parallel clusters would only measure each other's contention. The browser tests need
 # Chromium, which does not run under qemu-user, so the ARM run leaves them out.
-parallel=(cli sensors store mqtt dataplane interop)
+parallel=(cli sensors store mqtt dataplane interop hostile)
 serial=(replication retention)
 native_only=(browser)
 for f in tests/*.rs; do

@@ -36,3 +36,35 @@ fn with_quiet_dependencies(filter: &str) -> String {
     }
     f
 }
+
+/// Text from the network made safe for a log line: control characters (a NUL, an escape
+/// sequence, a newline that would forge a second line) are shown escaped, and anything
+/// longer than 200 characters is cut.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= 200 && !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 200 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn network_text_cannot_forge_or_garble_log_lines() {
+        assert_eq!(super::printable("plain"), "plain");
+        assert_eq!(super::printable("a\0b\nINFO fake"), "a\\u{0}b\\nINFO fake");
+        assert_eq!(super::printable(&"x".repeat(500)).chars().count(), 201);
+    }
+}

@@ -5,8 +5,14 @@
 //! Incoming publishes go to a bounded channel; if the agent falls behind, new ones are
 //! dropped with a warning rather than stalling the event loop (which would stop
 //! keep-alives and make the broker fire our last will).
+//!
+//! No message can take the connection down: a packet over
+//! [`topics::MAX_INCOMING_PACKET`] is skipped by the (patched) codec as it streams in,
+//! and a payload over its topic's limit ([`topics::payload_limit`]) is dropped here,
+//! before anything parses it. Both are counted and logged once per topic.
 
 use super::backoff::Backoff;
+use super::topics;
 use crate::config::{Broker, Config};
 use anyhow::Context;
 use rumqttc::{
@@ -48,8 +54,9 @@ pub fn options(
     let mut o = MqttOptions::new(client_id, host, port);
     o.set_keep_alive(m.keep_alive.0)
         .set_clean_session(true)
-        // Discovery and signaling payloads exceed rumqttc's 10 KiB default.
-        .set_max_packet_size(256 << 10, 256 << 10)
+        // Discovery payloads exceed rumqttc's 10 KiB default on the way out; what comes
+        // in is bounded by the contract's per-topic limits.
+        .set_max_packet_size(topics::MAX_INCOMING_PACKET, 256 << 10)
         .set_request_channel_capacity(64);
     if let Some(topic) = last_will {
         o.set_last_will(LastWill::new(topic, "offline", QoS::AtLeastOnce, true));
@@ -120,6 +127,42 @@ impl Session {
     }
 }
 
+/// Counts and logs the messages dropped for their size: once per topic (a retained one
+/// comes again on every reconnect), remembering at most 1024 topics.
+#[derive(Default)]
+struct Oversized {
+    count: u64,
+    logged: std::collections::HashSet<String>,
+}
+
+impl Oversized {
+    /// True if `p` must be dropped.
+    fn screen(&mut self, p: &Publish) -> bool {
+        let discarded = &p.payload[..] == rumqttc::DISCARDED_OVERSIZED;
+        let limit = topics::payload_limit(&p.topic);
+        if !discarded && p.payload.len() <= limit {
+            return false;
+        }
+        self.count += 1;
+        if self.logged.len() < 1024 && self.logged.insert(p.topic.clone()) {
+            let size = if discarded {
+                format!("over {} bytes", topics::MAX_INCOMING_PACKET)
+            } else {
+                format!("{} bytes", p.payload.len())
+            };
+            warn!(
+                topic = %crate::logging::printable(&p.topic),
+                size = %size,
+                limit,
+                retained = p.retain,
+                total_dropped = self.count,
+                "ignoring an oversized MQTT message (docs/mqtt.md, size limits)"
+            );
+        }
+        true
+    }
+}
+
 fn random_fraction() -> f64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
@@ -151,6 +194,7 @@ async fn drive(
     let mut backoff = Backoff::new(Duration::from_millis(500), reconnect_max);
     let mut down_since: Option<std::time::Instant> = None;
     let mut dropped = 0u64;
+    let mut oversized = Oversized::default();
     loop {
         let stopping = *stop.borrow();
         let event = if stopping {
@@ -182,6 +226,9 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if oversized.screen(&p) {
+                    continue;
+                }
                 if incoming.try_send(p).is_err() {
                     dropped += 1;
                     if dropped.is_power_of_two() {
@@ -209,5 +256,57 @@ async fn drive(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use rumqttc::{Codec, Packet, Publish, QoS};
+    use tokio_util::codec::{Decoder, Encoder};
+
+    /// The patched codec: an oversized PUBLISH, arriving in pieces, comes out as its
+    /// header with the discard marker, and the packet after it is intact.
+    #[test]
+    fn an_oversized_publish_is_skipped_not_fatal() {
+        let mut wire = BytesMut::new();
+        let mut enc = Codec {
+            max_incoming_size: 1 << 30,
+            max_outgoing_size: 1 << 30,
+            skip: 0,
+        };
+        let mut big = Publish::new("ddc/nodes/x/health", QoS::AtLeastOnce, vec![7u8; 300_000]);
+        big.pkid = 9;
+        big.retain = true;
+        enc.encode(Packet::Publish(big), &mut wire).unwrap();
+        let small = Publish::new("ddc/nodes/x/status", QoS::AtMostOnce, "online");
+        enc.encode(Packet::Publish(small.clone()), &mut wire)
+            .unwrap();
+
+        let mut dec = Codec {
+            max_incoming_size: 64 << 10,
+            max_outgoing_size: 1 << 20,
+            skip: 0,
+        };
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(1000) {
+            buf.extend_from_slice(piece);
+            while let Some(p) = dec.decode(&mut buf).unwrap() {
+                out.push(p);
+            }
+            assert!(
+                buf.capacity() < 200_000,
+                "the oversized payload was buffered"
+            );
+        }
+        assert_eq!(out.len(), 2, "{out:?}");
+        let Packet::Publish(first) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(first.topic, "ddc/nodes/x/health");
+        assert_eq!((first.pkid, first.retain), (9, true));
+        assert_eq!(&first.payload[..], rumqttc::DISCARDED_OVERSIZED);
+        assert_eq!(out[1], Packet::Publish(small));
     }
 }

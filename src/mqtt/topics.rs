@@ -44,9 +44,42 @@ impl Topics {
     }
 }
 
+/// The largest MQTT packet the agent (or a client) takes from the broker. Anything
+/// larger is discarded as it streams in, never buffered, and the connection stays up
+/// (the patched rumqttc codec, patches/rumqttc/PATCH.md).
+pub const MAX_INCOMING_PACKET: usize = 64 << 10;
+
+/// The largest payload accepted on a topic, checked before anything parses it
+/// (docs/mqtt.md, "Size limits"). Keyed by the topic's last level, which is what the
+/// contract fixes; anything unknown gets the packet limit.
+pub fn payload_limit(topic: &str) -> usize {
+    match topic.rsplit('/').next().unwrap_or("") {
+        // "online" / "offline" (and Home Assistant's birth message).
+        "status" => 64,
+        "health" => 16 << 10,
+        // Signed offers and answers carry an SDP with its candidates.
+        "signal" => 32 << 10,
+        "cmd" | "reply" => 16 << 10,
+        _ => MAX_INCOMING_PACKET,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_topic_has_a_bound_no_larger_than_a_packet() {
+        assert_eq!(payload_limit("ddc/nodes/x/status"), 64);
+        assert_eq!(payload_limit("homeassistant/status"), 64);
+        assert_eq!(payload_limit("ddc/nodes/x/health"), 16 << 10);
+        assert_eq!(payload_limit("ddc/clients/x/signal"), 32 << 10);
+        assert_eq!(payload_limit("ddc/nodes/x/cmd"), 16 << 10);
+        assert_eq!(payload_limit("anything/else"), MAX_INCOMING_PACKET);
+        for t in ["a/status", "a/health", "a/signal", "a/cmd", "a/reply", "x"] {
+            assert!(payload_limit(t) <= MAX_INCOMING_PACKET);
+        }
+    }
 
     #[test]
     fn contract_topics() {
