@@ -242,6 +242,28 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             while let Some(p) = incoming_rx.recv().await {
                 if p.topic == topics.signal {
                     signal.on_message(&p.payload);
+                } else if p.topic == topics.status
+                    && !p.retain
+                    && &p.payload[..] != b"online"
+                    && !controller
+                        .stopping
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    // Our own status says we are not online while we run: a forged
+                    // retained "offline", a reflected answer. Corrected at once, and not
+                    // believed (we stay a member of our own placement). A message
+                    // flagged retained is the broker's old copy at subscription time, which
+                    // the "online" we publish right after subscribing replaces anyway.
+                    warn!(
+                        "someone else published on our status topic; publishing \"online\" again"
+                    );
+                    let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online");
+                } else if p.topic == topics.health
+                    && !p.retain
+                    && !controller.published_health(&p.payload)
+                {
+                    warn!("someone else published on our health topic; publishing ours again");
+                    publish_health(&client, &topics, &controller);
                 } else if let Some(id) = topics.node_of(&p.topic, "status") {
                     let changed = {
                         let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,6 +337,9 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
     info!(node_id = identity.node_id(), "ddc-edge running");
     let sig = shutdown.await;
     info!(signal = sig, "shutting down");
+    controller
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     crate::sdnotify::stopping();
     mqtt.shutdown(Some(&topics.status)).await;
     if let Err(e) = store.checkpoint() {
@@ -407,7 +432,7 @@ fn bandwidth_watches(
 }
 
 fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) {
-    let health = serde_json::to_vec(&controller.health()).expect("health serializes");
+    let health = controller.health_payload();
     if client
         .try_publish(&topics.health, QoS::AtLeastOnce, true, health)
         .is_err()

@@ -192,6 +192,15 @@ impl Envelope {
         Ok(e)
     }
 
+    /// Whether `reply_to` is the signaling topic of the signed sender itself (a node's or
+    /// a client's, under `prefix`). Anything else would let a stranger make us publish
+    /// an answer on a topic of their choosing (say, a victim's retained status): such
+    /// messages are dropped.
+    pub fn replies_to_sender(&self, prefix: &str) -> bool {
+        self.reply_to == format!("{prefix}/nodes/{}/signal", self.from)
+            || self.reply_to == format!("{prefix}/clients/{}/signal", self.from)
+    }
+
     pub fn public_key_bytes(&self) -> Option<[u8; 32]> {
         unhex(&self.public_key)?.try_into().ok()
     }
@@ -264,6 +273,22 @@ mod tests {
         let bytes = e.to_json();
         let mut g = ReplayGuard::default();
         let opened = Envelope::open(&bytes, b.node_id(), now + 1, &mut g).unwrap();
+        // The test envelope names the sender's own client topic as reply_to; any other
+        // topic (a victim's status) is a reflection and is refused by the driver.
+        let mut reflected = opened.clone();
+        assert_eq!(
+            opened.replies_to_sender("ddc"),
+            opened.reply_to == format!("ddc/clients/{}/signal", opened.from)
+                || opened.reply_to == format!("ddc/nodes/{}/signal", opened.from)
+        );
+        reflected.reply_to = format!("ddc/nodes/{}/status", b.node_id());
+        assert!(!reflected.replies_to_sender("ddc"));
+        reflected.reply_to = format!("ddc/nodes/{}/signal", opened.from);
+        assert!(reflected.replies_to_sender("ddc"));
+        reflected.reply_to = format!("ddc/clients/{}/signal", opened.from);
+        assert!(reflected.replies_to_sender("ddc"));
+        reflected.reply_to = format!("ddc/clients/{}/signal", b.node_id());
+        assert!(!reflected.replies_to_sender("ddc"));
         assert_eq!(opened, e);
         assert_eq!(
             Envelope::open(&bytes, b.node_id(), now + 2, &mut g),

@@ -67,3 +67,78 @@ fn oversized_messages_never_take_a_node_off_the_broker() {
         "the node went offline"
     );
 }
+
+/// Someone with a fresh key sends a properly signed offer whose `reply_to` is the
+/// victim's own status topic: the node used to publish its answer (JSON) there, and its
+/// peers, reading anything but "online" as offline, stopped replicating with it.
+#[test]
+fn a_reflected_offer_is_dropped_and_never_answered() {
+    use ddc_edge::dataplane::RtcSettings;
+    use ddc_edge::dataplane::client::Conn;
+    use ddc_edge::dataplane::signal::Signal;
+    use ddc_edge::identity::Identity;
+    use std::sync::Arc;
+
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let status = topic(&id, "status");
+    let mut p = Probe::connect(m.port, &[&status]);
+    let mut agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
+    p.wait("online", T, |x| x.text() == "online");
+
+    let work = tempfile::tempdir().unwrap();
+    let me = Arc::new(Identity::load_or_create_file(&work.path().join("k")).unwrap());
+    let mut cfg = m.client_config();
+    cfg.webrtc.connect_timeout = ddc_edge::units::HumanDuration(Duration::from_secs(3));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let o = rumqttc::MqttOptions::new("attacker", "127.0.0.1", m.port);
+        let (client, mut ev) = rumqttc::AsyncClient::new(o, 16);
+        tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+        // The offer names the victim's status topic as where to answer.
+        let signal = Signal::new(me, client, "ddc", status.clone(), None);
+        let r = Conn::connect(&signal, &RtcSettings::from_config(&cfg), &id).await;
+        assert!(r.is_err(), "a reflected offer was answered");
+    });
+    agent.wait_for("reply_to is not the sender's own signaling topic", T);
+    let seen = p.drain_for(Duration::from_millis(500));
+    assert!(
+        seen.iter().all(|x| x.text() == "online"),
+        "something other than \"online\" appeared on the node's status topic: {:?}",
+        seen.iter().map(|x| x.text()).collect::<Vec<_>>()
+    );
+}
+
+/// A forged retained "offline" (or health) on a running node's own topics used to stand
+/// until someone cleared it; the node now puts its own value back at once.
+#[test]
+fn a_forged_status_or_health_is_corrected_at_once() {
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let (status, health) = (topic(&id, "status"), topic(&id, "health"));
+    let mut p = Probe::connect(m.port, &[&status, &health]);
+    let _agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
+    p.wait("online", T, |x| x.topic == status && x.text() == "online");
+    p.publish(&status, "offline", true);
+    p.wait_new("the node's own status back", T, |x| {
+        x.topic == status && x.text() == "online"
+    });
+    p.publish(
+        &health,
+        r#"{"disk":{"free_bytes":0},"draining":true}"#,
+        true,
+    );
+    p.wait_new("the node's own health back", T, |x| {
+        x.topic == health && x.json()["node_id"] == id.as_str()
+    });
+    // What a late subscriber (a peer starting now) sees is the node's, not the forgery.
+    let mut late = Probe::connect(m.port, &[&status, &health]);
+    late.wait("retained online", T, |x| {
+        x.topic == status && x.text() == "online"
+    });
+    late.wait("retained health", T, |x| {
+        x.topic == health && x.json()["node_id"] == id.as_str()
+    });
+}

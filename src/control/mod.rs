@@ -49,6 +49,11 @@ pub struct Controller {
     pub draining: watch::Sender<bool>,
     /// Health sections contributed by other subsystems (data plane, replication).
     extras: Mutex<Vec<HealthSection>>,
+    /// The last few health payloads we published (hashes): anything else that shows up
+    /// on our own health topic was put there by someone else.
+    recent_health: Mutex<std::collections::VecDeque<[u8; 32]>>,
+    /// Set when the agent stops, so its own `offline` is not "corrected".
+    pub stopping: AtomicBool,
 }
 
 /// A named section of the health message, computed when health is published.
@@ -126,8 +131,31 @@ impl Controller {
             replication_enabled,
             draining,
             extras: Mutex::new(Vec::new()),
+            recent_health: Mutex::new(std::collections::VecDeque::new()),
+            stopping: AtomicBool::new(false),
             cfg,
         }))
+    }
+
+    /// The health payload to publish now, remembered so that our own echo is told
+    /// apart from a forged message on our topic.
+    pub fn health_payload(&self) -> Vec<u8> {
+        let bytes = serde_json::to_vec(&self.health()).expect("health serializes");
+        let mut recent = self.recent_health.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == 8 {
+            recent.pop_front();
+        }
+        recent.push_back(crate::store::ChunkId::of(&bytes).0);
+        bytes
+    }
+
+    /// Whether `payload`, seen on our own health topic, is one we published lately.
+    pub fn published_health(&self, payload: &[u8]) -> bool {
+        let h = crate::store::ChunkId::of(payload).0;
+        self.recent_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&h)
     }
 
     fn limits_of(cfg: &Config, s: &RuntimeSettings) -> BandwidthLimits {

@@ -73,6 +73,14 @@ impl Signal {
                 return;
             }
         };
+        if !e.replies_to_sender(&self.prefix) {
+            warn!(
+                from = %e.from,
+                reply_to = %crate::logging::printable(&e.reply_to),
+                "signaling message dropped: reply_to is not the sender's own signaling topic"
+            );
+            return;
+        }
         let route = {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             sessions
