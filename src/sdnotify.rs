@@ -6,9 +6,12 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 fn send(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        send_to(&path, state);
+    }
+}
+
+fn send_to(path: &std::ffi::OsStr, state: &str) {
     let Ok(sock) = UnixDatagram::unbound() else {
         return;
     };
@@ -21,7 +24,7 @@ fn send(state: &str) {
             Err(e) => Err(e),
         }
     } else {
-        sock.send_to(state.as_bytes(), &path)
+        sock.send_to(state.as_bytes(), path)
     };
 }
 
@@ -45,14 +48,22 @@ pub fn watchdog() {
 
 /// Half the watchdog period systemd asked for, if it asked (`WATCHDOG_USEC` for our pid).
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        && pid != std::process::id()
+    interval_from(
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// The rule behind [`watchdog_interval`], told the variables (tests never touch the
+/// process environment, which other threads read).
+fn interval_from(pid: Option<&str>, usec: Option<&str>, me: u32) -> Option<Duration> {
+    if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
+        && pid != me
     {
         return None;
     }
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let usec: u64 = usec?.parse().ok()?;
     Some(Duration::from_micros(usec / 2))
 }
 
@@ -65,23 +76,22 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("notify");
         let server = UnixDatagram::bind(&path).unwrap();
-        // SAFETY: tests in this module are the only users of these variables.
-        unsafe {
-            std::env::set_var("NOTIFY_SOCKET", &path);
-            std::env::set_var("WATCHDOG_USEC", "30000000");
-            std::env::remove_var("WATCHDOG_PID");
-        }
-        ready();
-        watchdog();
+        send_to(path.as_os_str(), "READY=1");
+        send_to(path.as_os_str(), "WATCHDOG=1");
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1");
-        assert_eq!(watchdog_interval(), Some(Duration::from_secs(15)));
-        unsafe {
-            std::env::remove_var("NOTIFY_SOCKET");
-            std::env::remove_var("WATCHDOG_USEC");
-        }
+    }
+
+    #[test]
+    fn the_watchdog_period_is_for_our_pid_only() {
+        let half = Some(Duration::from_secs(15));
+        assert_eq!(interval_from(None, Some("30000000"), 7), half);
+        assert_eq!(interval_from(Some("7"), Some("30000000"), 7), half);
+        assert_eq!(interval_from(Some("8"), Some("30000000"), 7), None);
+        assert_eq!(interval_from(None, None, 7), None);
+        assert_eq!(interval_from(None, Some("soon"), 7), None);
     }
 }

@@ -291,8 +291,36 @@ async fn put_to(
     file_id: &ChunkId,
     manifest: &Bytes,
 ) -> anyhow::Result<(usize, usize)> {
-    let conn = hub.connect(node).await?;
+    let conn = Arc::new(hub.connect(node).await?);
+    let result = upload(&conn, node, file, chunks, size, file_id, manifest).await;
+    // Say bye however it went: the node frees our peer slot now, not after a timeout.
+    if let Ok(c) = Arc::try_unwrap(conn) {
+        c.close().await;
+    }
+    result
+}
+
+async fn upload(
+    conn: &Arc<Conn>,
+    node: &str,
+    file: &Path,
+    chunks: &[FileChunk],
+    size: u64,
+    file_id: &ChunkId,
+    manifest: &Bytes,
+) -> anyhow::Result<(usize, usize)> {
     if !conn.can_write {
+        // HELLO says "no writes" both for a key that may not write and for a node that
+        // is draining: tell them apart for the user.
+        let draining = conn
+            .stat()
+            .await
+            .ok()
+            .and_then(|s| s["draining"].as_bool())
+            .unwrap_or(false);
+        if draining {
+            bail!("node {node} is draining: it accepts no new data (try another node)");
+        }
         bail!(
             "node {node} does not accept writes from this client's key (see security.allowed_writers)"
         );
@@ -343,7 +371,6 @@ async fn put_to(
             .map(|(c, _)| c.2 as u64)
             .sum(),
     );
-    let conn = Arc::new(conn);
     let mut uploads = futures::stream::iter(missing.iter().map(|(id, offset, len)| {
         let (conn, path, pb) = (Arc::clone(&conn), file.to_path_buf(), pb.clone());
         let (id, offset, len) = (*id, *offset, *len);
@@ -363,9 +390,6 @@ async fn put_to(
     drop(uploads);
     conn.put(file_id, manifest).await.context("manifest")?;
     pb.finish_and_clear();
-    if let Ok(c) = Arc::try_unwrap(conn) {
-        c.close().await;
-    }
     Ok((missing.len(), skipped))
 }
 

@@ -136,6 +136,62 @@ fn check_config_rejects_bad_configs_naming_the_key() {
             "node.log: expected a log level",
         ),
         ("syntax error", "[storage\nquota = 1\n", "invalid TOML"),
+        // Ranges that used to pass check-config and then misbehave at run time.
+        (
+            "no peers",
+            "[webrtc]\nmax_peers = 0\n",
+            "webrtc.max_peers: expected 1 to 256",
+        ),
+        (
+            "too many peers",
+            "[webrtc]\nmax_peers = 2000\n",
+            "webrtc.max_peers",
+        ),
+        (
+            "no requests",
+            "[webrtc]\nmax_inflight = 0\n",
+            "webrtc.max_inflight",
+        ),
+        (
+            "too many requests",
+            "[webrtc]\nmax_inflight = 1000\n",
+            "webrtc.max_inflight",
+        ),
+        (
+            "factor 0",
+            "[replication]\nfactor = 0\n",
+            "replication.factor: expected 1 to 8",
+        ),
+        (
+            "factor 9",
+            "[replication]\nfactor = 9\n",
+            "replication.factor",
+        ),
+        (
+            "short keep-alive",
+            "[mqtt]\nkeep_alive = \"1s\"\n",
+            "mqtt.keep_alive",
+        ),
+        (
+            "unknown verb",
+            "[control]\nallowed_verbs = [\"reboot\"]\n",
+            "control.allowed_verbs: unknown verb \"reboot\"",
+        ),
+        (
+            "two passwords",
+            "[mqtt]\npassword = \"a\"\npassword_file = \"/p\"\n",
+            "mqtt.password_file: expected either",
+        ),
+        (
+            "zero telemetry interval (panicked the agent)",
+            "[telemetry]\ninterval = \"0s\"\n",
+            "telemetry.interval: expected between 1s and 1h",
+        ),
+        (
+            "zero GC interval",
+            "[storage]\ngc_interval = \"0s\"\n",
+            "storage.gc_interval",
+        ),
     ];
     for (i, (what, text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

@@ -307,3 +307,47 @@ fn a_peer_sending_garbage_is_cut_off_while_another_transfer_completes() {
         hub.leave().await;
     });
 }
+
+/// `put` and `get` say `bye` when they finish, so a node with one peer slot serves the
+/// next command at once (it used to hold the slot for seconds and answer `busy`); and a
+/// put to a draining node says that it is draining, not that the key may not write.
+#[test]
+fn clients_free_their_peer_slot_and_draining_is_named() {
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let _agent = start_agent(
+        &m.url(),
+        dir.path(),
+        &fixture("pi4-mains"),
+        &["webrtc.max_peers=1"],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("client.key");
+    let file = work.path().join("f");
+    let data = random_file(&file, 300_000, 4);
+    let o = client(&m, &key, &["put", file.to_str().unwrap(), "--to", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file_id = last_line(&stdout(&o));
+    for i in 0..3 {
+        let out = work.path().join(format!("out{i}"));
+        let o = client(&m, &key, &["get", &file_id, "-o", out.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "get {i} right after another: {}",
+            stderr(&o)
+        );
+        assert!(std::fs::read(&out).unwrap() == data);
+    }
+
+    let mut p = Probe::connect(m.port, &[&format!("ddc/nodes/{id}/reply")]);
+    p.publish(
+        &format!("ddc/nodes/{id}/cmd"),
+        r#"{"id":"d","cmd":"drain"}"#,
+        false,
+    );
+    p.wait("drain reply", T, |x| x.json()["id"] == "d");
+    let o = client(&m, &key, &["put", file.to_str().unwrap(), "--to", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is draining"), "{}", stderr(&o));
+}

@@ -218,6 +218,102 @@ impl Config {
                 ),
             );
         }
+        let ka = m.keep_alive.0;
+        if ka < Duration::from_secs(5) || ka > Duration::from_secs(3600) {
+            return fail(
+                "mqtt.keep_alive",
+                format!("expected between 5s and 1h, got {}", m.keep_alive),
+            );
+        }
+        if !m.password.is_empty() && !m.password_file.as_os_str().is_empty() {
+            return fail(
+                "mqtt.password_file",
+                "expected either mqtt.password or mqtt.password_file, not both",
+            );
+        }
+        let iv = self.telemetry.interval.0;
+        if iv < Duration::from_secs(1) || iv > Duration::from_secs(3600) {
+            return fail(
+                "telemetry.interval",
+                format!(
+                    "expected between 1s and 1h, got {}",
+                    self.telemetry.interval
+                ),
+            );
+        }
+
+        let c = &self.control;
+        if let Some(v) = c
+            .allowed_verbs
+            .iter()
+            .find(|v| !crate::control::command::VERBS.contains(&v.as_str()))
+        {
+            return fail(
+                "control.allowed_verbs",
+                format!(
+                    "unknown verb {v:?}; known: {}",
+                    crate::control::command::VERBS.join(", ")
+                ),
+            );
+        }
+        if c.max_age.0 < Duration::from_secs(1) || c.max_age.0 > Duration::from_secs(24 * 3600) {
+            return fail(
+                "control.max_age",
+                format!("expected between 1s and 24h, got {}", c.max_age),
+            );
+        }
+
+        let w = &self.webrtc;
+        let whole = |key: &str, v: u64, lo: u64, hi: u64| -> Result<(), Problem> {
+            if !(lo..=hi).contains(&v) {
+                return fail(key, format!("expected {lo} to {hi}, got {v}"));
+            }
+            Ok(())
+        };
+        whole("webrtc.max_peers", w.max_peers as u64, 1, 256)?;
+        whole("webrtc.max_inflight", w.max_inflight as u64, 1, 64)?;
+        if !(16 << 10..=256 << 10).contains(&w.max_message.0) {
+            return fail(
+                "webrtc.max_message",
+                format!("expected between 16KiB and 256KiB, got {}", w.max_message),
+            );
+        }
+        if w.send_buffer.0 < w.max_message.0 || w.send_buffer.0 > 64 << 20 {
+            return fail(
+                "webrtc.send_buffer",
+                format!(
+                    "expected between webrtc.max_message ({}) and 64MiB, got {}",
+                    w.max_message, w.send_buffer
+                ),
+            );
+        }
+        for (key, d) in [
+            ("webrtc.idle_timeout", w.idle_timeout),
+            ("webrtc.connect_timeout", w.connect_timeout),
+        ] {
+            if d.0 < Duration::from_secs(1) {
+                return fail(key, format!("expected at least 1s, got {d}"));
+            }
+        }
+
+        let r = &self.replication;
+        whole("replication.factor", r.factor as u64, 1, 8)?;
+        if r.max_factor < r.factor || r.max_factor > 8 {
+            return fail(
+                "replication.max_factor",
+                format!(
+                    "expected between replication.factor ({}) and 8, got {}",
+                    r.factor, r.max_factor
+                ),
+            );
+        }
+        if r.sweep_interval.0 < Duration::from_secs(1) {
+            return fail(
+                "replication.sweep_interval",
+                format!("expected at least 1s, got {}", r.sweep_interval),
+            );
+        }
+        whole("replication.queue_max", r.queue_max as u64, 1, 10_000_000)?;
         Ok(())
     }
 }

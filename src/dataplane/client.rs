@@ -51,6 +51,10 @@ type Pending = Arc<Mutex<HashMap<u32, Waiting>>>;
 
 pub struct Conn {
     pub node_id: String,
+    /// Signaling session and channel, to say `bye` when we close: the node frees our
+    /// peer slot at once instead of waiting for ICE to time out.
+    session: String,
+    signal: Arc<Signal>,
     pc: Arc<dyn PeerConnection>,
     dc: Arc<dyn DataChannel>,
     pending: Pending,
@@ -251,6 +255,8 @@ impl Conn {
         let reader = tokio::spawn(read_loop(Arc::clone(&dc), Arc::clone(&pending), pace));
         Ok(Conn {
             node_id: node_id.to_string(),
+            session: session.to_string(),
+            signal: Arc::clone(signal),
             pc,
             dc,
             pending,
@@ -479,6 +485,16 @@ impl Conn {
     }
 
     pub async fn close(self) {
+        let topic = super::signal::node_topic(&self.signal.prefix, &self.node_id);
+        self.signal
+            .send(
+                &self.node_id,
+                &topic,
+                Kind::Bye,
+                &self.session,
+                "closing".into(),
+            )
+            .await;
         let _ = self.dc.close().await;
         let _ = self.pc.close().await;
         self.reader.abort();
