@@ -372,7 +372,7 @@ async fn upload(
             .sum(),
     );
     let mut uploads = futures::stream::iter(missing.iter().map(|(id, offset, len)| {
-        let (conn, path, pb) = (Arc::clone(&conn), file.to_path_buf(), pb.clone());
+        let (conn, path, pb) = (Arc::clone(conn), file.to_path_buf(), pb.clone());
         let (id, offset, len) = (*id, *offset, *len);
         async move {
             let data = tokio::task::spawn_blocking(move || read_at(&path, offset, len)).await??;
