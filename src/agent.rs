@@ -233,11 +233,32 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             Arc::clone(&discovery_payload),
         );
         let (membership, replicator) = (Arc::clone(&membership), replicator.clone());
+        let authority = if cfg.control.unsigned_commands {
+            warn!(
+                "commands are NOT authenticated: anyone who may publish on this node's cmd topic controls it (control.unsigned_commands = true; development only)"
+            );
+            crate::control::command::Authority::Unsigned
+        } else {
+            if cfg.control.operators.is_empty() {
+                warn!("control.operators is empty: every command will be refused");
+            } else {
+                info!(
+                    operators = cfg.control.operators.len(),
+                    "commands must be signed by an operator key"
+                );
+            }
+            crate::control::command::Authority::Operators {
+                node_id: identity.node_id().to_string(),
+                keys: cfg.control.operators.clone(),
+            }
+        };
         let mut inbox = Inbox::new(
             &cfg.control.allowed_verbs,
             cfg.control.max_age.0,
             cfg.control.max_payload.0 as usize,
+            authority,
         );
+        let node_identity = Arc::clone(&identity);
         tokio::spawn(async move {
             while let Some(p) = incoming_rx.recv().await {
                 if p.topic == topics.signal {
@@ -287,13 +308,16 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                 } else if p.topic == topics.cmd {
                     match inbox.accept(&p.payload, p.retain, crate::control::unix_now()) {
                         Outcome::Execute(cmd) => {
-                            let reply = controller.execute(cmd).await;
-                            publish_json(&client, &topics.reply, &reply.to_json(), false).await;
+                            let mut reply = controller.execute(cmd).await.to_json();
+                            crate::control::auth::sign_reply(&node_identity, &mut reply);
+                            publish_json(&client, &topics.reply, &reply, false).await;
                         }
                         Outcome::Reject(reply) => {
                             let e = reply.result.as_ref().err();
-                            warn!(id = %reply.id, code = e.map(|e| e.code), message = e.map(|e| e.message.as_str()), "command rejected");
-                            publish_json(&client, &topics.reply, &reply.to_json(), false).await;
+                            warn!(id = %crate::logging::printable(&reply.id), code = e.map(|e| e.code), message = e.map(|e| e.message.as_str()), "command rejected");
+                            let mut reply = reply.to_json();
+                            crate::control::auth::sign_reply(&node_identity, &mut reply);
+                            publish_json(&client, &topics.reply, &reply, false).await;
                         }
                         Outcome::Ignore(why) => warn!(reason = %why, "command ignored"),
                     }

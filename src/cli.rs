@@ -96,6 +96,35 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Send a fleet command (docs/mqtt.md) to a node, or to every online node with --all,
+    /// signed with the operator key; print the replies. Exits 1 on an error reply or
+    /// none within --timeout.
+    ///
+    /// Examples: `ddc-edge ctl 9da249de9d5675be421a940f status`,
+    /// `ddc-edge ctl --all set_limits egress_bps=1000000`,
+    /// `ddc-edge ctl --public-key` (for control.operators).
+    Ctl {
+        /// NODE_ID VERB [key=value]... (or, with --all, VERB [key=value]...)
+        #[arg(value_name = "NODE_ID VERB [key=value]")]
+        words: Vec<String>,
+        /// Every node whose retained status is online.
+        #[arg(long)]
+        all: bool,
+        /// The operator key (created on first use).
+        #[arg(long, value_name = "PATH")]
+        key: Option<PathBuf>,
+        /// How long to wait for replies.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        timeout: crate::units::HumanDuration,
+        /// Print the replies as one JSON object keyed by node.
+        #[arg(long)]
+        json: bool,
+        /// Print the operator key's public key (for control.operators) and exit.
+        #[arg(long)]
+        public_key: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Print this node's ID (creating its key in the data dir on first use).
     Id {
         #[command(flatten)]
@@ -236,6 +265,40 @@ pub fn main() -> ExitCode {
                 let n = crate::transfer::get(&cfg, &key, &id, &out, &from).await?;
                 eprintln!("wrote {n} bytes to {}", out.display());
                 Ok(())
+            })
+        }),
+        Command::Ctl {
+            words,
+            all,
+            key,
+            timeout,
+            json,
+            public_key,
+            config,
+        } => with_config(&config, |loaded| {
+            let key = key.unwrap_or_else(crate::transfer::default_key_path);
+            if public_key {
+                println!("{}", crate::ctl::public_key(&key)?);
+                return Ok(());
+            }
+            let (target, rest) = match (all, words.split_first()) {
+                (true, _) => (crate::ctl::Target::All, &words[..]),
+                (false, Some((node, rest))) => (crate::ctl::Target::Node(node.clone()), rest),
+                (false, None) => {
+                    return Err(ConfigError::new("ctl", None, "name a node ID or --all").into());
+                }
+            };
+            let Some((verb, args)) = rest.split_first() else {
+                return Err(ConfigError::new(
+                    "ctl",
+                    None,
+                    "name a verb (ping, status, drain, ...)",
+                )
+                .into());
+            };
+            let args = crate::ctl::parse_args(args)?;
+            client_runtime(&loaded.config, |cfg| async move {
+                crate::ctl::run(&cfg, &key, target, verb, args, timeout.0, json).await
             })
         }),
         Command::Id { config, json } => with_config(&config, |loaded| {

@@ -14,6 +14,7 @@ pub mod boards;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod dataplane;
 pub mod demo;
 pub mod fsutil;

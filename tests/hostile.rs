@@ -142,3 +142,93 @@ fn a_forged_status_or_health_is_corrected_at_once() {
         x.topic == health && x.json()["node_id"] == id.as_str()
     });
 }
+
+/// `ddc-edge ctl` with arguments for this broker.
+fn ctl(m: &Mosquitto, key: &std::path::Path, words: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = vec!["ctl".into()];
+    args.extend(words.iter().map(|s| s.to_string()));
+    args.extend(["--config", "/dev/null", "--broker", &m.url(), "--key"].map(String::from));
+    args.push(key.display().to_string());
+    bin().args(&args).output().unwrap()
+}
+
+/// With operators configured, only commands signed by one of them, for this node and
+/// within the time window, are obeyed; replies are signed by the node; a replayed
+/// command is not executed again. (Unsigned, `set_limits quota_bytes=1` from anyone on
+/// the broker was enough to start deleting.)
+#[test]
+fn only_signed_operator_commands_are_obeyed() {
+    let m = Mosquitto::start();
+    let work = tempfile::tempdir().unwrap();
+    let (op_key, stranger_key) = (work.path().join("op.key"), work.path().join("x.key"));
+    let o = ctl(&m, &op_key, &["--public-key"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let op_pub = stdout(&o).trim().to_string();
+    assert_eq!(op_pub.len(), 64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let operators = format!("control.operators=[\"{op_pub}\"]");
+    let _agent = start_agent(
+        &m.url(),
+        dir.path(),
+        &fixture("pi4-mains"),
+        &["control.unsigned_commands=false", &operators],
+    );
+    let mut p = Probe::connect(m.port, &[&topic(&id, "reply"), &topic(&id, "cmd")]);
+
+    // Unsigned: refused, with a reply signed by the node.
+    let r = command(
+        &mut p,
+        &id,
+        "u1",
+        json!({"cmd": "set_limits", "args": {"quota_bytes": 1}}),
+    );
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert!(ddc_edge::control::auth::verify_reply(&r, &id), "{r}");
+
+    // A stranger's key: refused.
+    let o = ctl(&m, &stranger_key, &[&id, "set_limits", "quota_bytes=1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("unauthorized"), "{}", stdout(&o));
+
+    // The operator: obeyed.
+    let o = ctl(&m, &op_key, &[&id, "set_limits", "quota_bytes=5000000"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains(&format!("{id}: ok")), "{}", stdout(&o));
+    let o = ctl(&m, &op_key, &["--all", "ping", "--json"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let all: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(all[&id]["ok"], true, "{all}");
+
+    // Replaying the operator's signed command: not executed again.
+    let sent = p
+        .drain_for(Duration::from_millis(500))
+        .iter()
+        .rev()
+        .find(|x| x.topic == topic(&id, "cmd") && x.json()["cmd"] == "ping")
+        .expect("the probe saw ctl's command")
+        .payload
+        .clone();
+    let cmd_id = serde_json::from_slice::<Value>(&sent).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.publish(&topic(&id, "cmd"), sent, false);
+    let replies = p.drain_for(Duration::from_secs(2));
+    assert!(
+        !replies
+            .iter()
+            .any(|x| x.topic == topic(&id, "reply") && x.json()["id"] == cmd_id.as_str()),
+        "a replayed command was executed again"
+    );
+
+    // No such node: no reply, exit 1.
+    let o = ctl(
+        &m,
+        &op_key,
+        &["000000000000000000000000", "ping", "--timeout", "1s"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("no reply"), "{}", stdout(&o));
+}

@@ -371,6 +371,12 @@ pub struct ControlSection {
     pub max_age: HumanDuration,
     /// Larger command payloads are refused.
     pub max_payload: ByteSize,
+    /// Public keys (64 hex) of the operators whose signed commands this node obeys
+    /// (`ddc-edge ctl --public-key` prints one).
+    pub operators: Vec<String>,
+    /// Obey unsigned commands from anyone who may publish on the command topic. For
+    /// development only; the agent says so at start.
+    pub unsigned_commands: bool,
 }
 
 impl Default for ControlSection {
@@ -382,6 +388,8 @@ impl Default for ControlSection {
                 .collect(),
             max_age: HumanDuration(Duration::from_secs(60)),
             max_payload: ByteSize(8 << 10),
+            operators: Vec::new(),
+            unsigned_commands: true,
         }
     }
 }

@@ -256,6 +256,16 @@ impl Config {
                 ),
             );
         }
+        if let Some(k) = c
+            .operators
+            .iter()
+            .find(|k| k.len() != 64 || hex::decode(k).is_err())
+        {
+            return fail(
+                "control.operators",
+                format!("expected public keys as 64 hex characters, got {k:?}"),
+            );
+        }
         if c.max_age.0 < Duration::from_secs(1) || c.max_age.0 > Duration::from_secs(24 * 3600) {
             return fail(
                 "control.max_age",

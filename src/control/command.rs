@@ -1,18 +1,27 @@
 //! Parsing and screening fleet commands. Pure: told the payload, whether the broker
 //! delivered it as retained, and the time; returns what to do.
 //!
-//! A command is `{"id": "<string>", "cmd": "<verb>", "args": {...}, "ts": <unix s>}`
-//! (`args` and `ts` optional). Screening, in order:
+//! A command is `{"id": "<string>", "cmd": "<verb>", "args": {...}, "ts": <unix s>,
+//! "auth": {...}}` (`args` optional; `ts` and `auth` required unless the node takes
+//! unsigned commands). Screening, in order:
 //! 1. retained deliveries are ignored, so a retained `pause` can never replay forever;
 //! 2. payloads that are not a JSON object with a non-empty string `id` are ignored (no
 //!    one to answer) and logged by the caller;
-//! 3. an `id` seen recently is ignored (ids are single-use; the last 256 are kept);
-//! 4. oversized payloads, commands older than `control.max_age` (by `ts`), unknown verbs,
-//!    verbs not in `control.allowed_verbs` and bad arguments get an error reply.
+//! 3. oversized payloads get an error reply;
+//! 4. with signed commands, a missing or bad signature (by a key in
+//!    `control.operators`, for this node: [`super::auth`]) gets an `unauthorized` reply;
+//! 5. a `ts` more than `control.max_age` away from now, in either direction, gets an
+//!    `expired` reply;
+//! 6. an `id` accepted within its time window is ignored: ids are remembered until
+//!    their command could no longer be accepted (`ts + max_age`), so a replay is never
+//!    executed (at most 4096 are kept; the ones closest to expiry go first). Ids are
+//!    remembered only after the signature checks, so forged commands cannot burn them;
+//! 7. unknown verbs, verbs not in `control.allowed_verbs` and bad arguments get an
+//!    error reply.
 
 use crate::throttle::Level;
 use serde_json::{Map, Value, json};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// Every verb the agent knows.
@@ -104,32 +113,50 @@ pub enum Outcome {
     Ignore(String),
 }
 
+/// Who may command this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// Anyone who can publish on the command topic (development).
+    Unsigned,
+    /// Commands signed by one of these operator keys, for this node.
+    Operators { node_id: String, keys: Vec<String> },
+}
+
 /// Screening state: the policy and the ids already seen.
 #[derive(Debug)]
 pub struct Inbox {
     allowed: HashSet<String>,
     max_age: Duration,
     max_payload: usize,
-    seen: VecDeque<String>,
-    seen_set: HashSet<String>,
+    authority: Authority,
+    /// id -> unix second after which its command can no longer be accepted.
+    seen: HashMap<String, u64>,
+    by_expiry: BTreeSet<(u64, String)>,
 }
 
-const REMEMBERED_IDS: usize = 256;
+const REMEMBERED_IDS: usize = 4096;
 const MAX_ID_LEN: usize = 128;
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Inbox {
-    pub fn new(allowed: &[String], max_age: Duration, max_payload: usize) -> Inbox {
+    pub fn new(
+        allowed: &[String],
+        max_age: Duration,
+        max_payload: usize,
+        authority: Authority,
+    ) -> Inbox {
         Inbox {
             allowed: allowed.iter().cloned().collect(),
             max_age,
             max_payload,
-            seen: VecDeque::with_capacity(REMEMBERED_IDS),
-            seen_set: HashSet::new(),
+            authority,
+            seen: HashMap::new(),
+            by_expiry: BTreeSet::new(),
         }
     }
 
     pub fn accept(&mut self, payload: &[u8], retained: bool, now_unix: u64) -> Outcome {
+        self.forget_expired(now_unix);
         if retained {
             return Outcome::Ignore(
                 "retained command (a command is acted on once, when sent)".into(),
@@ -147,10 +174,6 @@ impl Inbox {
             }
             _ => return Outcome::Ignore("command has no string \"id\"".into()),
         };
-        if self.seen_set.contains(&id) {
-            return Outcome::Ignore(format!("duplicate command id {id:?}"));
-        }
-        self.remember(&id);
         let reject = |code, message: String| {
             Outcome::Reject(Reply {
                 id: id.clone(),
@@ -168,28 +191,51 @@ impl Inbox {
                 ),
             );
         }
-        match obj.get("ts") {
-            None => {}
-            Some(Value::Number(n)) if n.as_u64().is_some() => {
-                let ts = n.as_u64().unwrap_or(0);
-                let age = now_unix.saturating_sub(ts);
-                if age > self.max_age.as_secs() {
-                    return reject(
-                        "expired",
-                        format!(
-                            "command is {age} s old; commands older than {} s are ignored (control.max_age)",
-                            self.max_age.as_secs()
-                        ),
-                    );
+        let signed = match &self.authority {
+            Authority::Unsigned => false,
+            Authority::Operators { node_id, keys } => {
+                if let Err(why) = super::auth::verify_command(&obj, node_id, keys) {
+                    return reject("unauthorized", why);
                 }
+                true
             }
+        };
+        let max_age = self.max_age.as_secs();
+        let ts = match obj.get("ts") {
+            None if signed => return reject("bad_request", "missing \"ts\"".into()),
+            None => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
             Some(other) => {
                 return reject(
                     "bad_request",
                     format!("ts: expected unix seconds, got {other}"),
                 );
             }
+        };
+        if let Some(ts) = ts {
+            if now_unix.saturating_sub(ts) > max_age {
+                return reject(
+                    "expired",
+                    format!(
+                        "command is {} s old; commands older than {max_age} s are ignored (control.max_age)",
+                        now_unix - ts
+                    ),
+                );
+            }
+            if ts.saturating_sub(now_unix) > max_age {
+                return reject(
+                    "expired",
+                    format!(
+                        "command is dated {} s in the future; more than {max_age} s is refused (control.max_age; check the clocks)",
+                        ts - now_unix
+                    ),
+                );
+            }
         }
+        if self.seen.contains_key(&id) {
+            return Outcome::Ignore(format!("duplicate command id {id:?}"));
+        }
+        self.remember(&id, ts.unwrap_or(now_unix).saturating_add(max_age));
         let verb_name = match obj.get("cmd") {
             Some(Value::String(s)) => s.as_str(),
             Some(other) => {
@@ -226,14 +272,24 @@ impl Inbox {
         }
     }
 
-    fn remember(&mut self, id: &str) {
-        if self.seen.len() == REMEMBERED_IDS
-            && let Some(old) = self.seen.pop_front()
+    fn forget_expired(&mut self, now_unix: u64) {
+        while let Some((until, _)) = self.by_expiry.first()
+            && *until < now_unix
         {
-            self.seen_set.remove(&old);
+            if let Some((_, id)) = self.by_expiry.pop_first() {
+                self.seen.remove(&id);
+            }
         }
-        self.seen.push_back(id.to_string());
-        self.seen_set.insert(id.to_string());
+    }
+
+    fn remember(&mut self, id: &str, until: u64) {
+        if self.seen.len() >= REMEMBERED_IDS
+            && let Some((_, old)) = self.by_expiry.pop_first()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.to_string(), until);
+        self.by_expiry.insert((until, id.to_string()));
     }
 }
 
@@ -339,7 +395,7 @@ mod tests {
 
     fn inbox() -> Inbox {
         let all: Vec<String> = VERBS.iter().map(|s| s.to_string()).collect();
-        Inbox::new(&all, Duration::from_secs(60), 8192)
+        Inbox::new(&all, Duration::from_secs(60), 8192, Authority::Unsigned)
     }
 
     fn error_code(o: &Outcome) -> &'static str {
@@ -441,7 +497,21 @@ mod tests {
             error_code(&i.accept(big.as_bytes(), false, now)),
             "too_large"
         );
-        let mut limited = Inbox::new(&["ping".to_string()], Duration::from_secs(60), 8192);
+        // A ts far in the future used to be accepted: the command never expired.
+        assert_eq!(
+            error_code(&i.accept(br#"{"id":"h","cmd":"ping","ts":99000000}"#, false, now)),
+            "expired"
+        );
+        assert!(matches!(
+            i.accept(br#"{"id":"i","cmd":"ping","ts":1000030}"#, false, now),
+            Outcome::Execute(_)
+        ));
+        let mut limited = Inbox::new(
+            &["ping".to_string()],
+            Duration::from_secs(60),
+            8192,
+            Authority::Unsigned,
+        );
         assert_eq!(
             error_code(&limited.accept(br#"{"id":"g","cmd":"drain"}"#, false, now)),
             "forbidden"
@@ -506,22 +576,98 @@ mod tests {
     }
 
     #[test]
-    fn remembered_ids_are_bounded() {
+    fn an_id_is_never_executed_twice_within_its_window_and_memory_is_bounded() {
         let mut i = inbox();
-        for n in 0..1000 {
-            let p = format!(r#"{{"id":"{n}","cmd":"ping"}}"#);
+        let now = 1_000_000;
+        let first = br#"{"id":"0","cmd":"ping","ts":1000000}"#;
+        assert!(matches!(i.accept(first, false, now), Outcome::Execute(_)));
+        // It used to run again once 256 other ids had gone by.
+        for n in 1..1000 {
+            let p = format!(r#"{{"id":"{n}","cmd":"ping","ts":{now}}}"#);
             assert!(matches!(
-                i.accept(p.as_bytes(), false, 0),
+                i.accept(p.as_bytes(), false, now),
                 Outcome::Execute(_)
             ));
         }
+        assert!(
+            matches!(i.accept(first, false, now + 59), Outcome::Ignore(r) if r.contains("duplicate"))
+        );
+        // Once its ts is out of the window the command is refused as expired anyway, and
+        // its id is forgotten.
+        assert_eq!(error_code(&i.accept(first, false, now + 61)), "expired");
+        assert_eq!(i.seen.len(), 0);
+        // Bounded however many arrive within one window.
+        for n in 0..(REMEMBERED_IDS + 100) {
+            let p = format!(r#"{{"id":"x{n}","cmd":"ping","ts":{now}}}"#);
+            i.accept(p.as_bytes(), false, now);
+        }
         assert_eq!(i.seen.len(), REMEMBERED_IDS);
+        assert_eq!(i.by_expiry.len(), REMEMBERED_IDS);
+    }
+
+    #[test]
+    fn signed_mode_obeys_only_operators_and_needs_ts() {
+        let d = tempfile::tempdir().unwrap();
+        let op = crate::identity::Identity::load_or_create_file(&d.path().join("op")).unwrap();
+        let other = crate::identity::Identity::load_or_create_file(&d.path().join("x")).unwrap();
+        let all: Vec<String> = VERBS.iter().map(|s| s.to_string()).collect();
+        let mut i = Inbox::new(
+            &all,
+            Duration::from_secs(60),
+            8192,
+            Authority::Operators {
+                node_id: "node1".into(),
+                keys: vec![op.public_key_hex()],
+            },
+        );
+        let now = 1_000_000;
+        let sign = |who: &crate::identity::Identity, node: &str, id: &str, ts: u64| {
+            let c = super::super::auth::signed_command(
+                who,
+                node,
+                id,
+                ts,
+                "set_limits",
+                json!({"quota_bytes": 1}),
+            );
+            serde_json::to_vec(&c).unwrap()
+        };
+        // Unsigned: refused (set_limits quota_bytes=1 is enough to start deleting).
+        assert_eq!(
+            error_code(&i.accept(
+                br#"{"id":"u","cmd":"set_limits","args":{"quota_bytes":1}}"#,
+                false,
+                now
+            )),
+            "unauthorized"
+        );
+        assert_eq!(
+            error_code(&i.accept(&sign(&other, "node1", "a", now), false, now)),
+            "unauthorized"
+        );
+        assert_eq!(
+            error_code(&i.accept(&sign(&op, "node2", "b", now), false, now)),
+            "unauthorized"
+        );
         assert!(matches!(
-            i.accept(br#"{"id":"999","cmd":"ping"}"#, false, 0),
-            Outcome::Ignore(_)
+            i.accept(&sign(&op, "node1", "c", now), false, now),
+            Outcome::Execute(_)
         ));
         assert!(matches!(
-            i.accept(br#"{"id":"0","cmd":"ping"}"#, false, 0),
+            i.accept(&sign(&op, "node1", "c", now), false, now + 1),
+            Outcome::Ignore(_)
+        ));
+        assert_eq!(
+            error_code(&i.accept(&sign(&op, "node1", "d", now + 3600), false, now)),
+            "expired"
+        );
+        // A forged command cannot burn an id the operator will use.
+        assert_eq!(
+            error_code(&i.accept(&sign(&other, "node1", "e", now), false, now)),
+            "unauthorized"
+        );
+        assert!(matches!(
+            i.accept(&sign(&op, "node1", "e", now), false, now),
             Outcome::Execute(_)
         ));
     }

@@ -3,6 +3,7 @@
 //! Screening of raw payloads is pure and lives in [`command`]; persisted settings in
 //! [`settings`].
 
+pub mod auth;
 pub mod command;
 pub mod settings;
 
