@@ -156,7 +156,8 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (egress_rate, ingress_rate) = bandwidth_watches(&controller);
     // Replication: the fleet view from retained status/health, and the budget the
     // throttle level and the operator pause scale.
-    let membership = Arc::new(std::sync::Mutex::new(Membership::default()));
+    let fleet_ca = fleet_ca(&cfg, &identity);
+    let membership = Arc::new(std::sync::Mutex::new(Membership::new(fleet_ca)));
     let replication_budget = Arc::new(Limiter::paused(replication_budget_watch(
         &controller,
         cfg.bandwidth.replication.0,
@@ -299,7 +300,9 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                     let changed = {
                         let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
                         let g = m.generation();
-                        m.on_health(id, &p.payload);
+                        if let Some(why) = m.on_health(id, &p.payload, crate::control::unix_now()) {
+                            warn!(node = %crate::logging::printable(id), reason = %why, "not a member of this fleet: invisible to placement");
+                        }
                         m.generation() != g
                     };
                     if changed && let Some(r) = &replicator {
@@ -370,6 +373,29 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         error!(error = %e, "final store checkpoint failed (the journal still has every change)");
     }
     Ok(())
+}
+
+/// The fleet CA from the config (checked by validate), and a loud word about what it
+/// means for this node.
+fn fleet_ca(cfg: &crate::config::Config, identity: &Identity) -> Option<[u8; 32]> {
+    let f = &cfg.fleet;
+    let Ok(ca) = crate::fleet::parse_ca(&f.ca) else {
+        warn!(
+            "the fleet is OPEN (fleet.ca is empty): any key that can publish on the broker may join placement"
+        );
+        return None;
+    };
+    let own = crate::fleet::Cert::parse(&f.cert)
+        .and_then(|c| c.check(&ca, identity.public_key(), crate::control::unix_now()));
+    match own {
+        Ok(()) => info!("fleet membership: enrolled nodes only (fleet.ca)"),
+        Err(why) => error!(
+            reason = %why,
+            public_key = %identity.public_key_hex(),
+            "this node has no valid fleet certificate (fleet.cert): the fleet will not count it as a member; enroll it with `ddc-edge fleet enroll <public_key>`"
+        ),
+    }
+    Some(ca)
 }
 
 /// Pets systemd's watchdog while the agent is alive: the sensing thread must have

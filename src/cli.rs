@@ -125,6 +125,12 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Fleet membership: make the fleet key, enroll nodes (docs/deploy.md, "Fleet
+    /// membership").
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Print this node's ID (creating its key in the data dir on first use).
     Id {
         #[command(flatten)]
@@ -141,6 +147,27 @@ pub enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Create the fleet key (kept if it exists) and print its public key: the value of
+    /// `fleet.ca` on every node. Keep the key file off the nodes.
+    Init {
+        #[arg(long, value_name = "PATH", default_value = "fleet.key")]
+        key: PathBuf,
+    },
+    /// Issue a certificate for a node (its public key: `ddc-edge id --json` on the node)
+    /// and print it: the value of `fleet.cert` on that node.
+    Enroll {
+        /// The node's public key, 64 hex characters.
+        node_public_key: String,
+        #[arg(long, value_name = "PATH", default_value = "fleet.key")]
+        key: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
     },
 }
 
@@ -301,6 +328,7 @@ pub fn main() -> ExitCode {
                 crate::ctl::run(&cfg, &key, target, verb, args, timeout.0, json).await
             })
         }),
+        Command::Fleet { command } => exit_with(fleet_command(command)),
         Command::Id { config, json } => with_config(&config, |loaded| {
             let id = crate::identity::Identity::load_or_create(&loaded.config.storage.data_dir)?;
             if json {
@@ -318,6 +346,54 @@ pub fn main() -> ExitCode {
             Ok(())
         }),
     }
+}
+
+fn fleet_command(command: FleetCommand) -> anyhow::Result<()> {
+    use crate::identity::Identity;
+    match command {
+        FleetCommand::Init { key } => {
+            let fleet = Identity::load_or_create_file(&key)?;
+            eprintln!(
+                "fleet key: {} (keep it safe and off the nodes); its public key, for fleet.ca:",
+                key.display()
+            );
+            println!("{}", fleet.public_key_hex());
+        }
+        FleetCommand::Enroll {
+            node_public_key,
+            key,
+            days,
+        } => {
+            if !key.exists() {
+                return Err(ConfigError::new(
+                    "--key",
+                    None,
+                    format!(
+                        "{}: no fleet key here (`ddc-edge fleet init` makes one)",
+                        key.display()
+                    ),
+                )
+                .into());
+            }
+            let node_key: [u8; 32] = hex::decode(node_public_key.trim())
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "NODE_PUBLIC_KEY",
+                        None,
+                        format!("expected 64 hex characters, got {node_public_key:?}"),
+                    )
+                })?;
+            let fleet = Identity::load_or_create_file(&key)?;
+            let not_after = crate::control::unix_now() + days * 86_400;
+            println!(
+                "{}",
+                crate::fleet::Cert::issue(&fleet, &node_key, not_after)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn with_config(args: &ConfigArgs, f: impl FnOnce(LoadedConfig) -> anyhow::Result<()>) -> ExitCode {

@@ -17,6 +17,7 @@ pub mod control;
 pub mod ctl;
 pub mod dataplane;
 pub mod demo;
+pub mod fleet;
 pub mod fsutil;
 pub mod identity;
 pub mod logging;

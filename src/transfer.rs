@@ -32,6 +32,9 @@ const PARALLEL: usize = 4;
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
     pub online: bool,
+    /// Its health is signed by its own key (and, with `fleet.ca`, it is enrolled): a
+    /// status "online" alone proves nothing.
+    pub verified: bool,
     pub free_bytes: Option<u64>,
     pub draining: bool,
 }
@@ -99,6 +102,7 @@ impl ClientHub {
             None,
         );
         let nodes: Arc<Mutex<HashMap<String, NodeInfo>>> = Arc::default();
+        let ca = crate::fleet::parse_ca(&cfg.fleet.ca).ok();
         {
             let (signal, nodes) = (Arc::clone(&signal), Arc::clone(&nodes));
             let nodes_prefix = format!("{prefix}/nodes/");
@@ -118,12 +122,20 @@ impl ClientHub {
                     let info = n.entry(id.to_string()).or_default();
                     match leaf {
                         "status" => info.online = &p.payload[..] == b"online",
-                        "health" => {
-                            if let Ok(h) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        "health" => match crate::fleet::verify_health(
+                            id,
+                            &p.payload,
+                            ca.as_ref(),
+                            crate::control::unix_now(),
+                        ) {
+                            Ok(h) => {
+                                info.verified = true;
                                 info.free_bytes = h["disk"]["free_bytes"].as_u64();
                                 info.draining = h["draining"].as_bool().unwrap_or(false);
                             }
-                        }
+                            Err(crate::fleet::Rejected::NotEnrolled(_)) => info.verified = false,
+                            Err(crate::fleet::Rejected::Forged(_)) => {}
+                        },
                         _ => {}
                     }
                 }
@@ -153,7 +165,8 @@ impl ClientHub {
     /// Online nodes, most free space first.
     pub fn online(&self) -> Vec<String> {
         let n = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<(&String, &NodeInfo)> = n.iter().filter(|(_, i)| i.online).collect();
+        let mut v: Vec<(&String, &NodeInfo)> =
+            n.iter().filter(|(_, i)| i.online && i.verified).collect();
         v.sort_by_key(|(id, i)| (std::cmp::Reverse(i.free_bytes.unwrap_or(0)), (*id).clone()));
         v.into_iter().map(|(id, _)| id.clone()).collect()
     }

@@ -232,3 +232,137 @@ fn only_signed_operator_commands_are_obeyed() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("no reply"), "{}", stdout(&o));
 }
+
+/// Members that publish a retained "online" and a health message of their own making.
+fn fake_members(p: &Probe, n: usize, signed: bool) -> Vec<tempfile::TempDir> {
+    let mut keep = Vec::new();
+    for i in 0..n {
+        let d = tempfile::tempdir().unwrap();
+        let me = ddc_edge::identity::Identity::load_or_create_file(&d.path().join("k")).unwrap();
+        let mut h = json!({"node_id": me.node_id(), "disk": {"free_bytes": 1u64 << 40},
+            "draining": false, "n": i});
+        if signed {
+            ddc_edge::fleet::sign_health(&me, None, &mut h);
+        }
+        p.publish(
+            &topic(me.node_id(), "health"),
+            serde_json::to_vec(&h).unwrap(),
+            true,
+        );
+        p.publish(&topic(me.node_id(), "status"), "online", true);
+        keep.push(d);
+    }
+    keep
+}
+
+fn run_out(args: &[&str]) -> String {
+    let o = bin().args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+/// Anyone who could publish a retained "online" was a member and won placement. With a
+/// fleet CA, only enrolled nodes are: fakes (unsigned, or signed by keys of their own)
+/// get nothing, and the file ends on exactly the two enrolled nodes.
+#[test]
+fn unenrolled_members_are_invisible_when_the_fleet_has_a_ca() {
+    let m = Mosquitto::start();
+    let p = Probe::connect(m.port, &[]);
+    let _fakes = (fake_members(&p, 4, false), fake_members(&p, 4, true));
+    let work = tempfile::tempdir().unwrap();
+    let fleet_key = work.path().join("fleet.key");
+    let ca = run_out(&["fleet", "init", "--key", fleet_key.to_str().unwrap()]);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let enroll = |dir: &std::path::Path| -> Vec<String> {
+        let id: Value = serde_json::from_str(&run_out(&[
+            "id",
+            "--json",
+            "--config",
+            "/dev/null",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let cert = run_out(&[
+            "fleet",
+            "enroll",
+            id["public_key"].as_str().unwrap(),
+            "--key",
+            fleet_key.to_str().unwrap(),
+        ]);
+        vec![
+            format!("fleet.ca=\"{ca}\""),
+            format!("fleet.cert=\"{cert}\""),
+            "replication.sweep_interval=1s".into(),
+            "storage.chunk_size=64KiB".into(),
+        ]
+    };
+    let (sa, sb) = (enroll(a.path()), enroll(b.path()));
+    let id_a = node_id(a.path());
+    let mut na = start_agent(
+        &m.url(),
+        a.path(),
+        &fixture("pi4-mains"),
+        &sa.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let _nb = start_agent(
+        &m.url(),
+        b.path(),
+        &fixture("pi4-mains"),
+        &sb.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let key = work.path().join("client.key");
+    let file = work.path().join("f.bin");
+    let data = random_file(&file, 16 * 65536, 21);
+    let mut args: Vec<String> = ["put", file.to_str().unwrap(), "--to", &id_a]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--config", "/dev/null", "--broker", &m.url(), "--key"].map(String::from));
+    args.push(key.display().to_string());
+    for s in TEST_SETS.iter().chain(&["storage.chunk_size=64KiB"]) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "put: {}", stderr(&o));
+    let ids: Vec<String> = data
+        .chunks(65536)
+        .map(|c| ddc_edge::store::ChunkId::of(c).to_string())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let copies = chunk_copies(&[a.path(), b.path()]);
+        if ids.iter().all(|c| copies.get(c) == Some(&2)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file did not end on both enrolled nodes: {copies:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    na.wait_for("not a member of this fleet", T);
+}
+
+/// In an open fleet, a dozen members that never answer used to stall every sweep for a
+/// connect timeout each. Sweeps now try them at once and then leave them alone.
+#[test]
+fn silent_members_of_an_open_fleet_do_not_stall_sweeps() {
+    let m = Mosquitto::start();
+    let mut p = Probe::connect(m.port, &[]);
+    let _fakes = fake_members(&p, 12, true);
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let mut h = Probe::connect(m.port, &[&topic(&id, "health")]);
+    let _agent = start_agent(
+        &m.url(),
+        dir.path(),
+        &fixture("pi4-mains"),
+        &["replication.sweep_interval=1s", "webrtc.connect_timeout=3s"],
+    );
+    // Twelve silent peers at 3 s each, twice per sweep, was over a minute per sweep.
+    h.wait("six sweeps", Duration::from_secs(40), |x| {
+        x.json()["replication"]["sweeps"].as_u64().unwrap_or(0) >= 6
+    });
+    p.drain_for(Duration::from_millis(10));
+}

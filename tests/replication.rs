@@ -253,6 +253,15 @@ fn a_holder_that_pauses_mid_transfer_answers_busy_at_once() {
     let member_id = node_id(&member);
     let ctl = Probe::connect(m.port, &[&format!("ddc/nodes/{}/reply", a.id)]);
     ctl.publish(&format!("ddc/nodes/{member_id}/status"), "offline", true);
+    // Membership needs a health message signed by the member's own key.
+    let member_key = ddc_edge::identity::Identity::load_or_create(&member).unwrap();
+    let mut health = json!({"node_id": member_id, "disk": {"free_bytes": 0}});
+    ddc_edge::fleet::sign_health(&member_key, None, &mut health);
+    ctl.publish(
+        &format!("ddc/nodes/{member_id}/health"),
+        health.to_string(),
+        true,
+    );
     let file = work.path().join("f");
     let data = random_file(&file, 1 << 20, 5);
     let file_id = put(&m, &work.path().join("k"), &file, &a.id, "1MiB");

@@ -106,9 +106,21 @@ fn a_full_single_node_keeps_its_file_through_gc_rounds() {
 fn members_that_never_answer_cannot_make_a_node_drop_chunks() {
     let m = Mosquitto::start();
     let p = Probe::connect(m.port, &[]);
-    let health = r#"{"disk":{"free_bytes":1000000000000},"draining":false}"#;
-    for fake in ["fa0000000000000000000001", "fa0000000000000000000002"] {
-        p.publish(&format!("ddc/nodes/{fake}/health"), health, true);
+    // Real members of an open fleet (health signed by their own keys) that never answer.
+    let keys = tempfile::tempdir().unwrap();
+    for n in 0..2 {
+        let me =
+            ddc_edge::identity::Identity::load_or_create_file(&keys.path().join(n.to_string()))
+                .unwrap();
+        let fake = me.node_id();
+        let mut health =
+            serde_json::json!({"disk":{"free_bytes":1000000000000u64},"draining":false});
+        ddc_edge::fleet::sign_health(&me, None, &mut health);
+        p.publish(
+            &format!("ddc/nodes/{fake}/health"),
+            health.to_string(),
+            true,
+        );
         p.publish(&format!("ddc/nodes/{fake}/status"), "online", true);
     }
     let dir = tempfile::tempdir().unwrap();

@@ -37,7 +37,19 @@ pub struct Config {
     pub webrtc: WebrtcSection,
     pub security: SecuritySection,
     pub replication: ReplicationSection,
+    pub fleet: FleetSection,
     pub web: WebSection,
+}
+
+/// Who may be a member of the fleet (docs/deploy.md, "Fleet membership").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetSection {
+    /// The fleet's public key (64 hex, from `ddc-edge fleet init`). Set, only nodes with a
+    /// certificate it signed are members; empty, the fleet is open to any key.
+    pub ca: String,
+    /// This node's certificate (`ddc-edge fleet enroll <this node's public key>`).
+    pub cert: String,
 }
 
 /// Which board profile a config was written from. Informational for the agent; the

@@ -306,6 +306,18 @@ impl Config {
             }
         }
 
+        let f = &self.fleet;
+        if !f.ca.is_empty()
+            && let Err(e) = crate::fleet::parse_ca(&f.ca)
+        {
+            return fail("fleet.ca", e);
+        }
+        if !f.cert.is_empty()
+            && let Err(e) = crate::fleet::Cert::parse(&f.cert)
+        {
+            return fail("fleet.cert", e);
+        }
+
         let r = &self.replication;
         whole("replication.factor", r.factor as u64, 1, 8)?;
         if r.max_factor < r.factor || r.max_factor > 8 {

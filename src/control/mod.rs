@@ -141,7 +141,10 @@ impl Controller {
     /// The health payload to publish now, remembered so that our own echo is told
     /// apart from a forged message on our topic.
     pub fn health_payload(&self) -> Vec<u8> {
-        let bytes = serde_json::to_vec(&self.health()).expect("health serializes");
+        let mut health = self.health();
+        let cert = Some(self.cfg.fleet.cert.as_str()).filter(|c| !c.is_empty());
+        crate::fleet::sign_health(&self.identity, cert, &mut health);
+        let bytes = serde_json::to_vec(&health).expect("health serializes");
         let mut recent = self.recent_health.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == 8 {
             recent.pop_front();

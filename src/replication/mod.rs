@@ -62,7 +62,17 @@ pub struct Replicator {
     work: Notify,
     pub stats: Arc<Stats>,
     conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
+    /// Peers whose last connect failed: (failures in a row, no new try before).
+    unreachable: Mutex<HashMap<String, (u32, Instant)>>,
+    last_online: Mutex<std::collections::HashSet<String>>,
     last_sweep: Mutex<Option<Instant>>,
+}
+
+/// How long to leave a peer alone after `failures` failed connects in a row: 30 s,
+/// doubling, at most 15 min. Bounds what silent or fake members cost a sweep.
+fn peer_backoff(failures: u32) -> Duration {
+    let doublings = failures.clamp(1, 6) - 1;
+    Duration::from_secs(30 << doublings).min(Duration::from_secs(900))
 }
 
 impl Replicator {
@@ -99,12 +109,29 @@ impl Replicator {
             work: Notify::new(),
             stats,
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
+            last_online: Mutex::new(Default::default()),
             last_sweep: Mutex::new(None),
         }))
     }
 
     /// Tells the replicator the membership may have changed (a node came or went).
     pub fn membership_changed(&self) {
+        // A peer that (re)appears online gets a fresh chance to connect at once.
+        {
+            let online: std::collections::HashSet<String> = self
+                .members()
+                .into_iter()
+                .filter(|m| m.online)
+                .map(|m| m.id)
+                .collect();
+            let mut last = self.last_online.lock().unwrap_or_else(|p| p.into_inner());
+            let mut u = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+            for p in online.difference(&last) {
+                u.remove(p);
+            }
+            *last = online;
+        }
         // A sweep or fetch waiting on a node that just went offline would block repair
         // until the request timed out: fail its requests now. (A connection being set up
         // holds the lock; the sweep that follows skips offline nodes anyway.)
@@ -140,6 +167,7 @@ impl Replicator {
             "failed_proofs": s.failed_proofs.load(Ordering::Relaxed),
             "budget_bps": self.budget.current_rate(),
             "last_sweep_s_ago": last,
+            "sweeps": s.sweeps.load(Ordering::Relaxed),
         })
     }
 
@@ -175,25 +203,66 @@ impl Replicator {
             .members()
     }
 
+    /// A connection to `peer`: the open one, or a new one unless the peer failed to
+    /// connect recently (then it is skipped at once until its backoff ends, so members
+    /// that never answer cannot stall sweeps). Connects are not serialized: a sweep warms
+    /// up all its peers at once.
     async fn conn(&self, peer: &str) -> Result<Arc<Conn>, ClientError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(peer) {
-            if !c.is_closed() {
-                return Ok(Arc::clone(c));
+        {
+            let mut conns = self.conns.lock().await;
+            if let Some(c) = conns.get(peer) {
+                if !c.is_closed() {
+                    return Ok(Arc::clone(c));
+                }
+                conns.remove(peer);
             }
-            conns.remove(peer);
         }
-        let c = Arc::new(
-            Conn::connect_paced(
-                &self.signal,
-                &self.settings,
-                peer,
-                Some(Arc::clone(&self.budget)),
-            )
-            .await?,
-        );
-        conns.insert(peer.to_string(), Arc::clone(&c));
-        Ok(c)
+        let now = Instant::now();
+        if let Some(until) = self.unreachable_until(peer)
+            && until > now
+        {
+            return Err(ClientError::Connect(format!(
+                "unreachable at the last try; next try in {} s",
+                (until - now).as_secs()
+            )));
+        }
+        match Conn::connect_paced(
+            &self.signal,
+            &self.settings,
+            peer,
+            Some(Arc::clone(&self.budget)),
+        )
+        .await
+        {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.unreachable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(peer);
+                self.conns
+                    .lock()
+                    .await
+                    .insert(peer.to_string(), Arc::clone(&c));
+                Ok(c)
+            }
+            Err(e) => {
+                let mut u = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+                let failures = u.get(peer).map_or(0, |(n, _)| *n) + 1;
+                let wait = peer_backoff(failures);
+                debug!(%peer, failures, wait_s = wait.as_secs(), error = %e, "peer unreachable; backing off");
+                u.insert(peer.to_string(), (failures, Instant::now() + wait));
+                Err(e)
+            }
+        }
+    }
+
+    fn unreachable_until(&self, peer: &str) -> Option<Instant> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .map(|(_, t)| *t)
     }
 
     async fn drop_conn(&self, peer: &str) {
@@ -218,6 +287,19 @@ impl Replicator {
         // that, where another holder exists, the queue fetches from it.
         peers.sort_by_cached_key(|p| self.is_paused(p));
         let min_free = self.min_free();
+        // Connect to every peer at once (at most 8 connects in flight): one slow or
+        // silent peer costs the sweep one connect timeout, not one per peer.
+        {
+            use futures::StreamExt;
+            let mut warm = futures::stream::FuturesUnordered::new();
+            for p in &peers {
+                warm.push(self.conn(p));
+                if warm.len() >= 8 {
+                    warm.next().await;
+                }
+            }
+            while warm.next().await.is_some() {}
+        }
 
         // Per-file factors first: a chunk may want more copies than the default.
         for peer in &peers {
