@@ -356,6 +356,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         crate::web::serve(
             cfg.web.listen,
             crate::web::page_config(&cfg, identity.node_id()),
+            crate::web::content_security_policy(&cfg),
         )
         .await?;
     }

@@ -53,15 +53,7 @@ const FILES: &[(&str, &str, &str)] = &[
 
 /// The page's settings, served as /config.json.
 pub fn page_config(cfg: &Config, node_id: &str) -> String {
-    let ws = if !cfg.web.mqtt_ws_url.is_empty() {
-        cfg.web.mqtt_ws_url.clone()
-    } else {
-        match cfg.mqtt.broker {
-            Broker::Embedded => format!("ws://{}/mqtt", cfg.mqtt.embedded_ws_listen),
-            // A broker's WebSocket listener is on a port of its own: web.mqtt_ws_url.
-            Broker::Url(ref u) => format!("ws://{}:9001/mqtt", u.host),
-        }
-    };
+    let ws = ws_url(cfg);
     serde_json::json!({
         "mqtt_ws_url": ws,
         "prefix": cfg.mqtt.topic_prefix,
@@ -71,21 +63,51 @@ pub fn page_config(cfg: &Config, node_id: &str) -> String {
     .to_string()
 }
 
-pub async fn serve(listen: SocketAddr, config_json: String) -> anyhow::Result<()> {
+/// The Content-Security-Policy every response carries: scripts, styles and images only
+/// from the agent itself (no inline script, no `eval`), connections only to it and to
+/// the broker's WebSocket. The page renders health from the network (names, levels):
+/// even if a rendering bug let markup through, nothing in it could run or phone home.
+pub fn content_security_policy(cfg: &Config) -> String {
+    let ws = ws_url(cfg);
+    // The origin of the broker URL: scheme://host[:port].
+    let origin = ws
+        .split_once("://")
+        .map(|(scheme, rest)| format!("{scheme}://{}", rest.split('/').next().unwrap_or("")))
+        .unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self' {origin}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
+fn ws_url(cfg: &Config) -> String {
+    if !cfg.web.mqtt_ws_url.is_empty() {
+        cfg.web.mqtt_ws_url.clone()
+    } else {
+        match cfg.mqtt.broker {
+            Broker::Embedded => format!("ws://{}/mqtt", cfg.mqtt.embedded_ws_listen),
+            // A broker's WebSocket listener is on a port of its own: web.mqtt_ws_url.
+            Broker::Url(ref u) => format!("ws://{}:9001/mqtt", u.host),
+        }
+    }
+}
+
+pub async fn serve(listen: SocketAddr, config_json: String, csp: String) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("web page: cannot listen on {listen}: {e} (web.listen)"))?;
     info!(url = %format!("http://{listen}/"), "web page");
     let config_json: Arc<str> = config_json.into();
+    let csp: Arc<str> = csp.into();
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
                 continue;
             };
-            let cfg = Arc::clone(&config_json);
+            let (cfg, csp) = (Arc::clone(&config_json), Arc::clone(&csp));
             tokio::spawn(async move {
                 if let Err(e) =
-                    tokio::time::timeout(Duration::from_secs(10), handle(sock, &cfg)).await
+                    tokio::time::timeout(Duration::from_secs(10), handle(sock, &cfg, &csp)).await
                 {
                     debug!(error = %e, "web request timed out");
                 }
@@ -95,7 +117,7 @@ pub async fn serve(listen: SocketAddr, config_json: String) -> anyhow::Result<()
     Ok(())
 }
 
-async fn handle(mut sock: TcpStream, config_json: &str) {
+async fn handle(mut sock: TcpStream, config_json: &str, csp: &str) {
     let mut buf = vec![0u8; 8192];
     let mut n = 0;
     while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -105,6 +127,7 @@ async fn handle(mut sock: TcpStream, config_json: &str) {
                 "431 Request Header Fields Too Large",
                 "text/plain",
                 b"",
+                csp,
             )
             .await;
             return;
@@ -124,6 +147,7 @@ async fn handle(mut sock: TcpStream, config_json: &str) {
             "405 Method Not Allowed",
             "text/plain",
             b"GET only\n",
+            csp,
         )
         .await;
         return;
@@ -138,7 +162,7 @@ async fn handle(mut sock: TcpStream, config_json: &str) {
         ("404 Not Found", "text/plain", b"not found\n")
     };
     let body = if method == "HEAD" { &[][..] } else { body };
-    let _ = respond(&mut sock, status, ctype, body).await;
+    let _ = respond(&mut sock, status, ctype, body, csp).await;
 }
 
 async fn respond(
@@ -146,10 +170,12 @@ async fn respond(
     status: &str,
     ctype: &str,
     body: &[u8],
+    csp: &str,
 ) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\
-         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+         X-Content-Type-Options: nosniff\r\nContent-Security-Policy: {csp}\r\n\
+         Referrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
         body.len()
     );
     sock.write_all(head.as_bytes()).await?;

@@ -156,3 +156,48 @@ fn the_page_fetches_a_file_stored_by_the_cli() {
         "the page's node holds {on_page_node} of {objects} chunks, so the rest must come from other nodes: {from:?}"
     );
 }
+
+/// Health from the network used to be rendered as markup: a retained health message
+/// whose `name` was an `<img onerror=...>` ran script in every operator's page (which
+/// holds the browser's signing key). Now it shows as text, and the page is served with a
+/// Content-Security-Policy that forbids inline script anyway.
+#[test]
+fn hostile_health_shows_as_text_and_runs_nothing() {
+    use common::mosquitto::Probe;
+    let ws = free_port();
+    let m = Mosquitto::start_with(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+    let web = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(
+        &m.url(),
+        dir.path(),
+        &fixture("pi4-mains"),
+        &[
+            "web.enabled=true",
+            &format!("web.listen=127.0.0.1:{web}"),
+            &format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"),
+        ],
+    );
+    let p = Probe::connect(m.port, &[]);
+    let evil_id = "<img src=x onerror=window.__pwned=1>";
+    p.publish(&format!("ddc/nodes/{evil_id}/status"), "online", true);
+    p.publish(
+        &format!("ddc/nodes/{evil_id}/health"),
+        r#"{"name":"<img src=x onerror=window.__pwned=2>evil","level":"<b>x</b>","cpu_temp_c":"hot","disk":{"free_bytes":"lots"}}"#,
+        true,
+    );
+    let r = drive(
+        &format!("http://127.0.0.1:{web}/"),
+        1,
+        &["hostile", "<img src=x onerror=window.__pwned=2>evil"],
+    );
+    assert_eq!(r["pwned"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["elements"], 0, "{r}");
+    let csp = r["csp"].as_str().unwrap_or_default();
+    assert!(csp.contains("script-src 'self'"), "CSP: {csp:?}");
+    assert!(!csp.contains("unsafe-inline"), "CSP: {csp:?}");
+    assert!(
+        csp.contains(&format!("ws://127.0.0.1:{ws}")),
+        "CSP must allow the broker: {csp:?}"
+    );
+}

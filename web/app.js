@@ -14,21 +14,41 @@ function log(text) {
   $("#log").prepend(li);
 }
 
+// Everything here comes from the network (topics and health published by anyone who
+// may publish on the broker): it is only ever set as text, never parsed as markup.
+const LEVELS = new Set(["full", "reduced", "paused"]);
+const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+const str = (v, max = 64) => (typeof v === "string" ? v.slice(0, max) : null);
+
+function cell(tr, text, title) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (title) td.title = title;
+  tr.append(td);
+}
+
 function render() {
   const rows = [...nodes.entries()].filter(([, n]) => n.health || n.status).sort(([a], [b]) => a.localeCompare(b));
-  $("#nodes tbody").innerHTML = rows.map(([id, n]) => {
-    const h = n.health || {};
-    const gb = (b) => (b == null ? "-" : (b / 1e9).toFixed(2) + " GB");
-    const cls = n.status === "online" ? h.level || "full" : "offline";
-    return `<tr class="${cls}" data-node="${id}">
-      <td title="${id}">${h.name || id.slice(0, 8)}</td>
-      <td>${n.status || "?"}</td>
-      <td>${n.status === "online" ? h.level || "?" : "-"}</td>
-      <td>${h.cpu_temp_c == null ? "-" : h.cpu_temp_c.toFixed(1) + " °C"}</td>
-      <td>${h.battery_percent == null ? (h.on_battery === false ? "mains" : "-") : h.battery_percent.toFixed(0) + " %"}</td>
-      <td>${gb(h.disk?.used_bytes)} / ${gb(h.disk?.offered_bytes)}</td>
-      <td>${gb(h.disk?.free_bytes)}</td></tr>`;
-  }).join("");
+  const body = $("#nodes tbody");
+  body.replaceChildren(...rows.map(([id, n]) => {
+    const h = n.health && typeof n.health === "object" ? n.health : {};
+    const disk = h.disk && typeof h.disk === "object" ? h.disk : {};
+    const gb = (b) => (num(b) == null ? "-" : (b / 1e9).toFixed(2) + " GB");
+    const online = n.status === "online";
+    const level = LEVELS.has(h.level) ? h.level : null;
+    const tr = document.createElement("tr");
+    tr.className = online ? level || "full" : "offline";
+    tr.dataset.node = id;
+    cell(tr, str(h.name) || id.slice(0, 8), id);
+    cell(tr, str(n.status, 16) || "?");
+    cell(tr, online ? level || str(h.level, 16) || "?" : "-");
+    const t = num(h.cpu_temp_c), b = num(h.battery_percent);
+    cell(tr, t == null ? "-" : t.toFixed(1) + " °C");
+    cell(tr, b == null ? (h.on_battery === false ? "mains" : "-") : b.toFixed(0) + " %");
+    cell(tr, `${gb(disk.used_bytes)} / ${gb(disk.offered_bytes)}`);
+    cell(tr, gb(disk.free_bytes));
+    return tr;
+  }));
   $("#count").textContent = `${rows.filter(([, n]) => n.status === "online").length} online`;
 }
 
@@ -109,6 +129,7 @@ async function main() {
     }
     const m = topic.match(/\/nodes\/([^/]+)\/(status|health)$/);
     if (!m) return;
+    if (!nodes.has(m[1]) && nodes.size >= 1000) return; // a flood of made-up nodes
     const n = nodes.get(m[1]) || {};
     if (m[2] === "status") n.status = text;
     else try { n.health = JSON.parse(text); } catch (_) { return; }

@@ -4,6 +4,8 @@
 //   node run.mjs URL roundtrip OUT_DIR [MiB]   store random bytes from the page, fetch them back
 //   node run.mjs URL fetch FILE_ID SHA256       fetch a file stored by someone else
 //   node run.mjs URL c2c [MiB]                  Chromium-to-Chromium data-channel throughput
+//   node run.mjs URL hostile NEEDLE             wait for NEEDLE as text in the node table;
+//                                               report whether any markup from it ran
 import { chromium } from "playwright-core";
 
 const [url, mode, ...rest] = process.argv.slice(2);
@@ -20,7 +22,8 @@ const fail = async (msg) => {
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
   page.on("console", (m) => console.error(`[page] ${m.text()}`));
-  await page.goto(url);
+  const response = await page.goto(url);
+  const csp = response.headers()["content-security-policy"] || null;
   await page.waitForFunction(() => document.body.dataset.ready === "1" || document.body.dataset.error, null, { timeout: 30000 });
   const err = await page.evaluate(() => document.body.dataset.error);
   if (err) await fail(`page error: ${err}`);
@@ -50,6 +53,16 @@ try {
       return { sha: await window.ddc.sha256hex(got.bytes), size: got.bytes.length, from: got.from };
     }, [id]);
     console.log(JSON.stringify({ ok: r.sha === sha, ...r }));
+  } else if (mode === "hostile") {
+    const [needle] = rest;
+    await page.waitForFunction((n) => document.querySelector("#nodes tbody").textContent.includes(n), needle, { timeout: 20000 });
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 1000))); // give an injected handler time to fire
+    const r = await page.evaluate(() => ({
+      pwned: window.__pwned ?? null,
+      elements: document.querySelectorAll("#nodes tbody img, #nodes tbody b, #nodes tbody script").length,
+      text: document.querySelector("#nodes tbody").textContent,
+    }));
+    console.log(JSON.stringify({ ok: r.pwned === null && r.elements === 0, csp, ...r }));
   } else if (mode === "c2c") {
     const [mib = "32"] = rest;
     const r = await page.evaluate(async (mib) => {
