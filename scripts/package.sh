@@ -30,6 +30,7 @@ install -D -m 0644 packaging/60-ddc-edge.conf "$root/usr/lib/sysctl.d/60-ddc-edg
 install -D -m 0644 packaging/debian/copyright "$root/usr/share/doc/ddc-edge/copyright"
 install -D -m 0644 README.md "$root/usr/share/doc/ddc-edge/README.md"
 for d in docs/*.md; do install -D -m 0644 "$d" "$root/usr/share/doc/ddc-edge/$d"; done
+install -D -m 0644 packaging/mosquitto/ddc-edge.acl "$root/usr/share/doc/ddc-edge/examples/mosquitto.acl"
 mkdir -p "$root/DEBIAN"
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$root/DEBIAN/"
 echo /etc/ddc-edge/config.toml > "$root/DEBIAN/conffiles"

@@ -366,3 +366,184 @@ fn silent_members_of_an_open_fleet_do_not_stall_sweeps() {
     });
     p.drain_for(Duration::from_millis(10));
 }
+
+/// The ACL shipped in packaging/ (the one docs/deploy.md gives) with a real mosquitto,
+/// one user per node, client and operator: nodes replicate, a client stores and fetches,
+/// an operator commands, and a node cannot publish under another node's topics. (The
+/// ACL the docs gave before denied the node's answer to a client and had no rules for
+/// clients at all: no client could connect to a node.)
+#[test]
+fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (id_a, id_b) = (node_id(a.path()), node_id(b.path()));
+    let client_key = work.path().join("client.key");
+    let client = ddc_edge::identity::Identity::load_or_create_file(&client_key).unwrap();
+    let client_id = client.node_id().to_string();
+    let op_key = work.path().join("op.key");
+
+    let passwords = work.path().join("passwd");
+    for (i, user) in [&id_a, &id_b, &client_id, "operator", "observer"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = std::process::Command::new("mosquitto_passwd");
+        if i == 0 {
+            c.arg("-c");
+        }
+        let o = c
+            .arg("-b")
+            .arg(&passwords)
+            .arg(user)
+            .arg(format!("pw-{user}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mosquitto_passwd: {}", stderr(&o));
+    }
+    // The shipped file, plus one observer for the test's own eyes.
+    let acl = work.path().join("acl");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mosquitto/ddc-edge.acl"),
+    )
+    .unwrap();
+    std::fs::write(&acl, format!("{shipped}\nuser observer\ntopic read #\n")).unwrap();
+    let m = Mosquitto::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+        passwords.display(),
+        acl.display()
+    ));
+    let login = |user: &str| {
+        vec![
+            format!("mqtt.username={user}"),
+            format!("mqtt.password=pw-{user}"),
+        ]
+    };
+    let node_sets = |user: &str| {
+        let mut v = login(user);
+        v.push("replication.sweep_interval=1s".into());
+        v.push("storage.chunk_size=64KiB".into());
+        v
+    };
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let mut observer = Probe::connect_as(m.port, Some(("observer", "pw-observer")), &["ddc/#"]);
+    let _na = start_agent(
+        &m.url(),
+        a.path(),
+        &fixture("pi4-mains"),
+        &refs(&node_sets(&id_a)),
+    );
+    let _nb = start_agent(
+        &m.url(),
+        b.path(),
+        &fixture("pi4-mains"),
+        &refs(&node_sets(&id_b)),
+    );
+    observer.wait("both online", T, |x| {
+        x.topic == topic(&id_b, "status") && x.text() == "online"
+    });
+
+    // A client stores a file on A through the ACL; replication puts it on B too.
+    let file = work.path().join("f.bin");
+    let data = random_file(&file, 8 * 65536, 31);
+    let client_cli = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--config", "/dev/null", "--broker", &m.url(), "--key"].map(String::from));
+        all.push(client_key.display().to_string());
+        for s in TEST_SETS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(login(&client_id))
+            .chain(["storage.chunk_size=64KiB".to_string()])
+        {
+            all.extend(["--set".to_string(), s]);
+        }
+        bin().args(&all).output().unwrap()
+    };
+    let o = client_cli(&["put", file.to_str().unwrap(), "--to", &id_a]);
+    assert!(o.status.success(), "put through the ACL: {}", stderr(&o));
+    let file_id = stdout(&o).lines().last().unwrap().trim().to_string();
+    let chunks: Vec<String> = data
+        .chunks(65536)
+        .map(|c| ddc_edge::store::ChunkId::of(c).to_string())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !chunks
+        .iter()
+        .all(|c| chunk_copies(&[a.path(), b.path()]).get(c) == Some(&2))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replication through the ACL stalled"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = work.path().join("out.bin");
+    let o = client_cli(&[
+        "get",
+        &file_id,
+        "-o",
+        out.to_str().unwrap(),
+        "--from",
+        &id_b,
+    ]);
+    assert!(o.status.success(), "get through the ACL: {}", stderr(&o));
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    // The operator commands both nodes.
+    let mut args: Vec<String> = [
+        "ctl",
+        "--all",
+        "ping",
+        "--config",
+        "/dev/null",
+        "--broker",
+        &m.url(),
+        "--key",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(op_key.display().to_string());
+    for s in login("operator") {
+        args.extend(["--set".to_string(), s]);
+    }
+    let o = bin().args(&args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "ctl through the ACL: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(
+        stdout(&o).contains(&format!("{id_a}: ok")) && stdout(&o).contains(&format!("{id_b}: ok"))
+    );
+
+    // Node A's credentials cannot speak for B, nor command it.
+    observer.drain_for(Duration::from_millis(500));
+    let mark = observer.seen.len();
+    let as_a = Probe::connect_as(m.port, Some((&id_a, &format!("pw-{id_a}"))), &[]);
+    as_a.publish(&topic(&id_b, "status"), "offline", true);
+    as_a.publish(&topic(&id_b, "health"), "{}", true);
+    as_a.publish(&topic(&id_b, "cmd"), r#"{"id":"x","cmd":"drain"}"#, false);
+    // Control: the same login may publish under A's own topics, and that arrives (after
+    // the three above, which the broker would have delivered first).
+    as_a.publish(&topic(&id_a, "events"), r#"{"event":"probe"}"#, false);
+    observer.wait_new("A's own event", T, |x| {
+        x.topic == topic(&id_a, "events") && x.text().contains("probe")
+    });
+    observer.drain_for(Duration::from_millis(500));
+    let leaked: Vec<String> = observer.seen[mark..]
+        .iter()
+        .filter(|x| {
+            (x.topic == topic(&id_b, "status") && x.text() == "offline")
+                || (x.topic == topic(&id_b, "health") && x.text() == "{}")
+                || x.topic == topic(&id_b, "cmd")
+        })
+        .map(|x| format!("{} {}", x.topic, x.text()))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the broker let node A publish under node B's topics: {leaked:?}"
+    );
+}

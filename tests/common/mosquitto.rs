@@ -151,6 +151,11 @@ pub struct Probe {
 
 impl Probe {
     pub fn connect(port: u16, subscriptions: &[&str]) -> Probe {
+        Self::connect_as(port, None, subscriptions)
+    }
+
+    /// A probe logged in as `user` with `password` (for brokers with an ACL).
+    pub fn connect_as(port: u16, login: Option<(&str, &str)>, subscriptions: &[&str]) -> Probe {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!(
             "probe-{}-{}",
@@ -160,6 +165,9 @@ impl Probe {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(10))
             .set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = login {
+            o.set_credentials(user, password);
+        }
         let (client, mut conn) = Client::new(o, 64);
         for s in subscriptions {
             client.subscribe(*s, QoS::AtLeastOnce).unwrap();
