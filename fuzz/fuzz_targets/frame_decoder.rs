@@ -1,5 +1,5 @@
-//! Any bytes a peer can send: the frame decoders and the node's protocol state machine
-//! must answer or close, never panic. `fuzz_one` splits the input into frames by a
+//! Any bytes a peer can send: the frame decoders and both protocol state machines (the
+//! node's and the client's) must answer or close, never panic. `fuzz_one` splits the input into frames by a
 //! one-byte length prefix so that sequences (HELLO, requests, DATA) are explored too.
 //!
 //! Run from the repository root: RUSTC_BOOTSTRAP=1 cargo fuzz run frame_decoder

@@ -10,14 +10,15 @@ use super::{
     RtcSettings, new_peer_connection, verify_remote_fingerprint, wait_connected, wait_gathered,
 };
 use crate::bandwidth::Limiter;
-use crate::protocol::{self, Response, Status, encode, kind};
+use crate::protocol::client::{self as core, Event, Failure};
+use crate::protocol::{self, Status, encode};
 use crate::signaling::Kind;
 use crate::store::ChunkId;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::debug;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -37,17 +38,58 @@ pub enum ClientError {
     Connect(String),
 }
 
-enum Waiting {
-    Result(oneshot::Sender<Response>),
-    /// A GET: the result header, then DATA until `len` bytes.
-    Get {
-        len: Option<usize>,
-        buf: BytesMut,
-        tx: Option<oneshot::Sender<Result<Bytes, ClientError>>>,
-    },
+impl From<Failure> for ClientError {
+    fn from(f: Failure) -> ClientError {
+        match f {
+            Failure::Status(s, m) => ClientError::Status(s, m),
+            Failure::Protocol(m) => ClientError::Protocol(m),
+            Failure::Timeout => ClientError::Timeout(REQUEST_TIMEOUT.as_secs()),
+        }
+    }
 }
 
-type Pending = Arc<Mutex<HashMap<u32, Waiting>>>;
+/// How long one request may wait for its complete answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Who waits for what: the protocol state is the pure [`core::Session`]; this maps its
+/// events to the callers' channels.
+enum Waiter {
+    Result(oneshot::Sender<Result<(Status, Bytes), ClientError>>),
+    Chunk(oneshot::Sender<Result<Bytes, ClientError>>),
+}
+
+struct Shared {
+    session: core::Session,
+    waiters: HashMap<u32, Waiter>,
+}
+
+impl Shared {
+    fn deliver(&mut self, events: Vec<Event>) -> bool {
+        let mut open = true;
+        for e in events {
+            let (req, outcome) = match e {
+                Event::Result { req, status, body } => (req, Ok(Ok((status, body)))),
+                Event::Chunk { req, data } => (req, Ok(Err(data))),
+                Event::Failed { req, failure } => (req, Err(ClientError::from(failure))),
+                Event::Close(why) => {
+                    debug!(reason = %why, "closing a data channel: the node broke the protocol");
+                    open = false;
+                    continue;
+                }
+            };
+            match (self.waiters.remove(&req), outcome) {
+                (Some(Waiter::Result(tx)), Ok(Ok(r))) => drop(tx.send(Ok(r))),
+                (Some(Waiter::Chunk(tx)), Ok(Err(data))) => drop(tx.send(Ok(data))),
+                (Some(Waiter::Result(tx)), Err(e)) => drop(tx.send(Err(e))),
+                (Some(Waiter::Chunk(tx)), Err(e)) => drop(tx.send(Err(e))),
+                _ => {}
+            }
+        }
+        open
+    }
+}
+
+type Pending = Arc<Mutex<Shared>>;
 
 pub struct Conn {
     pub node_id: String,
@@ -67,7 +109,6 @@ pub struct Conn {
     pub can_write: bool,
     /// The protocol version agreed in HELLO (PROVE needs 2).
     pub version: u16,
-    request_timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -218,10 +259,7 @@ impl Conn {
         let hello = tokio::time::timeout(timeout, async {
             loop {
                 match dc.poll().await {
-                    Some(DataChannelEvent::OnMessage(m)) => {
-                        return protocol::decode_response(&m.data.freeze())
-                            .map_err(|e| ClientError::Protocol(e.to_string()));
-                    }
+                    Some(DataChannelEvent::OnMessage(m)) => return Ok(m.data.freeze()),
                     Some(DataChannelEvent::OnClose) | None => return Err(ClientError::Closed),
                     _ => {}
                 }
@@ -229,29 +267,13 @@ impl Conn {
         })
         .await
         .map_err(|_| ClientError::Timeout(timeout.as_secs()))??;
-        let Response::Hello {
-            status,
-            version,
-            max_message: agreed,
-            max_inflight,
-            max_chunk,
-            can_write,
-        } = hello
-        else {
-            return Err(ClientError::Protocol("expected a HELLO response".into()));
-        };
-        if status != Status::Ok {
-            return Err(ClientError::Status(status, "HELLO refused".into()));
-        }
-        // A node's HELLO is input like any other: a message size too small to carry a
-        // DATA frame, or one above what we offered, ends the connection here.
-        if (agreed as usize) < protocol::DATA_HEADER + 1024 || agreed > max_message {
-            return Err(ClientError::Protocol(format!(
-                "node agreed a max message of {agreed} bytes (we offered {max_message})"
-            )));
-        }
-        let max_chunk = max_chunk.min(crate::store::HARD_MAX_CHUNK as u32);
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        // The node's HELLO is input like any other: validated before anything is sized
+        // by it (protocol::client).
+        let n = core::accept_hello(&hello, max_message).map_err(ClientError::from)?;
+        let pending: Pending = Arc::new(Mutex::new(Shared {
+            session: core::Session::new(n, REQUEST_TIMEOUT),
+            waiters: HashMap::new(),
+        }));
         let reader = tokio::spawn(read_loop(Arc::clone(&dc), Arc::clone(&pending), pace));
         Ok(Conn {
             node_id: node_id.to_string(),
@@ -261,13 +283,12 @@ impl Conn {
             dc,
             pending,
             next_req: AtomicU32::new(1),
-            slots: Arc::new(Semaphore::new(max_inflight.max(1) as usize)),
+            slots: Arc::new(Semaphore::new(n.max_inflight as usize)),
             put_slots: Arc::new(Semaphore::new(protocol::MAX_PUTS as usize)),
-            max_payload: agreed as usize - protocol::DATA_HEADER,
-            max_chunk,
-            can_write,
-            version: version.min(protocol::VERSION),
-            request_timeout: Duration::from_secs(60),
+            max_payload: n.max_payload(),
+            max_chunk: n.max_chunk,
+            can_write: n.can_write,
+            version: n.version,
             reader,
         })
     }
@@ -283,7 +304,12 @@ impl Conn {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Sends a request and waits for its result (any request but GET).
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a request and waits for its result (any request but GET). Its deadline is
+    /// the session's: the reader task fails it when it passes.
     async fn call(&self, req: u32, frames: Vec<Bytes>) -> Result<(Status, Bytes), ClientError> {
         let _slot = self
             .slots
@@ -291,24 +317,24 @@ impl Conn {
             .await
             .map_err(|_| ClientError::Closed)?;
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req, Waiting::Result(tx));
+        {
+            let mut sh = self.shared();
+            sh.session.expect(req, frames[0][0], Instant::now());
+            sh.waiters.insert(req, Waiter::Result(tx));
+        }
         for f in frames {
-            self.send(f).await?;
+            if let Err(e) = self.send(f).await {
+                self.forget(req);
+                return Err(e);
+            }
         }
-        let r = tokio::time::timeout(self.request_timeout, rx).await;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&req);
-        match r {
-            Ok(Ok(Response::Result { status, body, .. })) => Ok((status, body)),
-            Ok(Ok(_)) => Err(ClientError::Protocol("unexpected response".into())),
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => Err(ClientError::Timeout(self.request_timeout.as_secs())),
-        }
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    fn forget(&self, req: u32) {
+        let mut sh = self.shared();
+        sh.session.cancel(req);
+        sh.waiters.remove(&req);
     }
 
     fn check(status: Status, body: &Bytes) -> Result<(), ClientError> {
@@ -322,7 +348,7 @@ impl Conn {
         }
     }
 
-    /// Fetches a chunk and verifies it hashes to `id`.
+    /// Fetches a chunk; the session verifies that it hashes to `id`.
     pub async fn get(&self, id: &ChunkId) -> Result<Bytes, ClientError> {
         let _slot = self
             .slots
@@ -331,38 +357,24 @@ impl Conn {
             .map_err(|_| ClientError::Closed)?;
         let req = self.req();
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                req,
-                Waiting::Get {
-                    len: None,
-                    buf: BytesMut::new(),
-                    tx: Some(tx),
-                },
-            );
-        self.send(encode::get(req, id)).await?;
-        let r = tokio::time::timeout(self.request_timeout, rx).await;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&req);
-        let data = match r {
-            Ok(Ok(r)) => r?,
-            Ok(Err(_)) => return Err(ClientError::Closed),
-            Err(_) => return Err(ClientError::Timeout(self.request_timeout.as_secs())),
-        };
-        if ChunkId::of(&data) != *id {
-            return Err(ClientError::Status(
-                Status::Corrupt,
-                format!(
-                    "chunk {id} from node {} does not match its ID",
-                    self.node_id
-                ),
-            ));
+        {
+            let mut sh = self.shared();
+            sh.session.expect_get(req, *id, Instant::now());
+            sh.waiters.insert(req, Waiter::Chunk(tx));
         }
-        Ok(data)
+        if let Err(e) = self.send(encode::get(req, id)).await {
+            self.forget(req);
+            return Err(e);
+        }
+        rx.await
+            .map_err(|_| ClientError::Closed)?
+            .map_err(|e| match e {
+                ClientError::Status(Status::Corrupt, m) => ClientError::Status(
+                    Status::Corrupt,
+                    format!("{m} (from node {})", self.node_id),
+                ),
+                other => other,
+            })
     }
 
     /// Stores a chunk; true if the node did not have it.
@@ -478,10 +490,7 @@ impl Conn {
     /// until their timeout, long after the fleet has moved on.
     pub fn abandon(&self) {
         self.reader.abort();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.shared().waiters.clear();
     }
 
     pub async fn close(self) {
@@ -502,99 +511,34 @@ impl Conn {
 }
 
 async fn read_loop(dc: Arc<dyn DataChannel>, pending: Pending, pace: Option<Arc<Limiter>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
-        let msg = match dc.poll().await {
-            Some(DataChannelEvent::OnMessage(m)) => m.data.freeze(),
-            Some(DataChannelEvent::OnClose) | None => break,
-            _ => continue,
+        let msg = tokio::select! {
+            ev = dc.poll() => match ev {
+                Some(DataChannelEvent::OnMessage(m)) => m.data.freeze(),
+                Some(DataChannelEvent::OnClose) | None => break,
+                _ => continue,
+            },
+            _ = tick.tick() => {
+                let mut sh = pending.lock().unwrap_or_else(|p| p.into_inner());
+                let events = sh.session.poll_timeout(Instant::now());
+                sh.deliver(events);
+                continue;
+            }
         };
         if let Some(l) = &pace {
             l.acquire(msg.len() as u64).await;
         }
-        let resp = match protocol::decode_response(&msg) {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(error = %e, "bad frame from node; closing");
-                break;
-            }
-        };
-        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-        match resp {
-            Response::Result {
-                kind: t,
-                req,
-                status,
-                body,
-            } => match p.get_mut(&req) {
-                Some(Waiting::Get { len, tx, .. }) if t == kind::GET => {
-                    if status != Status::Ok {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Err(ClientError::Status(
-                                status,
-                                String::from_utf8_lossy(&body).into_owned(),
-                            )));
-                        }
-                        p.remove(&req);
-                    } else if body.len() == 4 {
-                        let n = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-                        // A length is the node's word: never reserve more than a chunk.
-                        if n as u64 > crate::store::HARD_MAX_CHUNK {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send(Err(ClientError::Protocol(format!(
-                                    "node announced a {n}-byte chunk, over the {}-byte limit",
-                                    crate::store::HARD_MAX_CHUNK
-                                ))));
-                            }
-                            p.remove(&req);
-                            continue;
-                        }
-                        *len = Some(n);
-                        if n == 0
-                            && let Some(tx) = tx.take()
-                        {
-                            let _ = tx.send(Ok(Bytes::new()));
-                        }
-                    }
-                }
-                Some(Waiting::Result(_)) => {
-                    if let Some(Waiting::Result(tx)) = p.remove(&req) {
-                        let _ = tx.send(Response::Result {
-                            kind: t,
-                            req,
-                            status,
-                            body,
-                        });
-                    }
-                }
-                _ => debug!(req, "response for an unknown request"),
-            },
-            Response::Data { req, payload } => {
-                if let Some(Waiting::Get {
-                    len: Some(n),
-                    buf,
-                    tx,
-                }) = p.get_mut(&req)
-                {
-                    if buf.is_empty() {
-                        buf.reserve(*n);
-                    }
-                    buf.extend_from_slice(&payload);
-                    if buf.len() >= *n {
-                        let data = std::mem::take(buf).freeze();
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(if data.len() == *n {
-                                Ok(data)
-                            } else {
-                                Err(ClientError::Protocol("more data than announced".into()))
-                            });
-                        }
-                        p.remove(&req);
-                    }
-                }
-            }
-            Response::Hello { .. } => {}
+        let mut sh = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let events = sh.session.on_frame(msg);
+        if !sh.deliver(events) {
+            break;
         }
     }
     // Wake every waiter: the channel is gone.
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .waiters
+        .clear();
 }

@@ -10,6 +10,7 @@
 //! [`server`] holds the node's per-channel state machine; it is pure and is fed decoded
 //! frames and store results by the driver.
 
+pub mod client;
 pub mod server;
 
 use crate::store::ChunkId;
@@ -634,9 +635,27 @@ pub fn parse_has_body(b: &[u8]) -> Result<Vec<bool>, FrameError> {
 }
 
 /// One fuzz case: `data` split into frames by a one-byte length prefix, fed to both
-/// decoders and to a node session (starting with a valid HELLO half the time). Shared by
-/// the cargo-fuzz target and the corpus replay test, so the corpus is checked on stable.
+/// decoders, to a node session (starting with a valid HELLO half the time) and to a
+/// client session with requests of every kind outstanding. Shared by the cargo-fuzz
+/// target and the corpus replay test, so the corpus is checked on stable.
 pub fn fuzz_one(data: &[u8]) {
+    let now = std::time::Instant::now();
+    let mut client_session = client::Session::new(
+        client::Negotiated {
+            version: VERSION,
+            max_message: 65536,
+            max_inflight: 4,
+            max_chunk: 1 << 20,
+            can_write: true,
+        },
+        std::time::Duration::from_secs(60),
+    );
+    for req in 0..4u32 {
+        client_session.expect_get(req, ChunkId([req as u8; 32]), now);
+    }
+    for (req, t) in (4u32..).zip(kind::HELLO..=kind::LAST_REQUEST) {
+        client_session.expect(req, t, now);
+    }
     let mut session = server::Session::new(server::SessionConfig {
         max_message: 65536,
         max_inflight: 4,
@@ -655,6 +674,9 @@ pub fn fuzz_one(data: &[u8]) {
         let frame = Bytes::copy_from_slice(&tail[..n]);
         let _ = decode_request(&frame);
         let _ = decode_response(&frame);
+        let _ = client::accept_hello(&frame, 65536);
+        client_session.on_frame(frame.clone());
+        assert!(client_session.buffered() <= 4 << 20);
         for action in session.on_frame(frame) {
             // Complete whatever the driver would run, so request ids get reused.
             if let server::Action::Get { req, .. }
