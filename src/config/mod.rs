@@ -553,6 +553,9 @@ pub struct WebrtcSection {
     pub idle_timeout: HumanDuration,
     /// Signaling plus ICE plus DTLS must finish within this.
     pub connect_timeout: HumanDuration,
+    /// How long one request may take, from sending it to its last byte (a GET of a
+    /// chunk included): a node that stalls or trickles is given up on after this.
+    pub request_timeout: HumanDuration,
     /// Receive and send buffer asked for on each WebRTC UDP socket (capped by the
     /// kernel's net.core.rmem_max / wmem_max).
     pub udp_buffer: ByteSize,
@@ -577,6 +580,7 @@ impl Default for WebrtcSection {
             send_buffer: ByteSize(2 << 20),
             idle_timeout: HumanDuration(Duration::from_secs(120)),
             connect_timeout: HumanDuration(Duration::from_secs(20)),
+            request_timeout: HumanDuration(Duration::from_secs(60)),
             udp_buffer: ByteSize(4 << 20),
         }
     }

@@ -300,6 +300,7 @@ impl Config {
         for (key, d) in [
             ("webrtc.idle_timeout", w.idle_timeout),
             ("webrtc.connect_timeout", w.connect_timeout),
+            ("webrtc.request_timeout", w.request_timeout),
         ] {
             if d.0 < Duration::from_secs(1) {
                 return fail(key, format!("expected at least 1s, got {d}"));

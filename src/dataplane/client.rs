@@ -38,18 +38,15 @@ pub enum ClientError {
     Connect(String),
 }
 
-impl From<Failure> for ClientError {
-    fn from(f: Failure) -> ClientError {
+impl ClientError {
+    fn from_failure(f: Failure, timeout: Duration) -> ClientError {
         match f {
             Failure::Status(s, m) => ClientError::Status(s, m),
             Failure::Protocol(m) => ClientError::Protocol(m),
-            Failure::Timeout => ClientError::Timeout(REQUEST_TIMEOUT.as_secs()),
+            Failure::Timeout => ClientError::Timeout(timeout.as_secs()),
         }
     }
 }
-
-/// How long one request may wait for its complete answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Who waits for what: the protocol state is the pure [`core::Session`]; this maps its
 /// events to the callers' channels.
@@ -61,6 +58,7 @@ enum Waiter {
 struct Shared {
     session: core::Session,
     waiters: HashMap<u32, Waiter>,
+    timeout: Duration,
 }
 
 impl Shared {
@@ -70,7 +68,9 @@ impl Shared {
             let (req, outcome) = match e {
                 Event::Result { req, status, body } => (req, Ok(Ok((status, body)))),
                 Event::Chunk { req, data } => (req, Ok(Err(data))),
-                Event::Failed { req, failure } => (req, Err(ClientError::from(failure))),
+                Event::Failed { req, failure } => {
+                    (req, Err(ClientError::from_failure(failure, self.timeout)))
+                }
                 Event::Close(why) => {
                     debug!(reason = %why, "closing a data channel: the node broke the protocol");
                     open = false;
@@ -269,10 +269,12 @@ impl Conn {
         .map_err(|_| ClientError::Timeout(timeout.as_secs()))??;
         // The node's HELLO is input like any other: validated before anything is sized
         // by it (protocol::client).
-        let n = core::accept_hello(&hello, max_message).map_err(ClientError::from)?;
+        let n = core::accept_hello(&hello, max_message)
+            .map_err(|f| ClientError::from_failure(f, timeout))?;
         let pending: Pending = Arc::new(Mutex::new(Shared {
-            session: core::Session::new(n, REQUEST_TIMEOUT),
+            session: core::Session::new(n, settings.request_timeout),
             waiters: HashMap::new(),
+            timeout: settings.request_timeout,
         }));
         let reader = tokio::spawn(read_loop(Arc::clone(&dc), Arc::clone(&pending), pace));
         Ok(Conn {

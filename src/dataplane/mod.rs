@@ -41,6 +41,7 @@ pub struct RtcSettings {
     pub send_buffer: usize,
     pub max_message: u32,
     pub connect_timeout: Duration,
+    pub request_timeout: Duration,
     /// SO_RCVBUF / SO_SNDBUF asked for on every WebRTC UDP socket.
     pub udp_buffer: usize,
 }
@@ -62,6 +63,7 @@ impl RtcSettings {
             send_buffer: w.send_buffer.0 as usize,
             max_message: w.max_message.0 as u32,
             connect_timeout: w.connect_timeout.0,
+            request_timeout: w.request_timeout.0,
             udp_buffer: w.udp_buffer.0 as usize,
         }
     }
