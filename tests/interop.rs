@@ -50,6 +50,32 @@ fn aiortc_runs_the_chunk_protocol_against_the_agent() {
     assert!(agent.child.try_wait().unwrap().is_none());
 }
 
+/// A HELLO with a version the node does not speak gets the `version` answer the protocol
+/// promises before the channel closes (it used to be lost in the close).
+#[test]
+fn an_unsupported_version_is_answered_before_the_channel_closes() {
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let _agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
+    let script = format!(
+        "{}/tests/interop/aiortc_peer.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let o = std::process::Command::new(python())
+        .args([&script, &m.port.to_string(), &id, "version0"])
+        .output()
+        .expect("running the aiortc peer");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "no version answer:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(r["node_version"], 2);
+}
+
 /// Rogue fleet members on another stack (tests/interop/rogue_node.py): one agrees a max
 /// message of 0 in HELLO (the client used to underflow and panic), one announces 4 GiB
 /// GETs (the client used to reserve them: an abort on a small board), one trickles a byte

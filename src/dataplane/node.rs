@@ -326,8 +326,16 @@ impl NodeServer {
                         let n = msg.data.len() as u64;
                         self.ingress.acquire(n).await;
                         self.counters.ingress_bytes.fetch_add(n, Ordering::Relaxed);
+                        let mut answered = false;
                         for action in session.on_frame(msg.data.freeze()) {
+                            answered |= matches!(action, Action::Send(_));
                             if !self.act(&dc, &session, action, peer_is_node, &done_tx).await {
+                                // A last answer (HELLO's `version`, say) must reach the peer
+                                // before the channel goes: closing at once discards what is
+                                // still queued.
+                                if answered {
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
                                 let _ = dc.close().await;
                                 return;
                             }

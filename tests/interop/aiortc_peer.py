@@ -6,7 +6,10 @@ a node and runs the chunk protocol: HELLO, PUT, HAS, GET (small and 1 MiB), STAT
 GET of a missing chunk. Prints one JSON line with the results and timings; exits non-zero
 on any failure.
 
-Usage: aiortc_peer.py MQTT_PORT NODE_ID
+With a third argument `version0`, it only says HELLO with version 0 and checks that the
+node answers with status `version` (10) before it closes the channel.
+
+Usage: aiortc_peer.py MQTT_PORT NODE_ID [version0]
 """
 import asyncio
 import hashlib
@@ -88,6 +91,16 @@ async def main(port, node_id):
     await pc.setRemoteDescription(RTCSessionDescription(sdp=await peer.answer(), type="answer"))
     await asyncio.wait_for(opened.wait(), 30)
     connect_ms = (time.monotonic() - t0) * 1000
+
+    if len(sys.argv) > 3 and sys.argv[3] == "version0":
+        dc.send(struct.pack(">BIHI", HELLO, 0, 0, 65536))
+        h = await asyncio.wait_for(inbox.get(), 10)
+        t, _, status, version = struct.unpack(">BIBH", h[:8])
+        assert (t, status) == (RESPONSE | HELLO, 10), f"expected a version response, got {h!r}"
+        print(json.dumps({"ok": True, "node_version": version}))
+        await pc.close()
+        peer.mqtt.loop_stop()
+        return
 
     dc.send(struct.pack(">BIHI", HELLO, 0, 1, 65536))
     h = await asyncio.wait_for(inbox.get(), 10)
