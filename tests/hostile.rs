@@ -547,3 +547,35 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
         "the broker let node A publish under node B's topics: {leaked:?}"
     );
 }
+
+/// Text from peers (a signaling field, a channel label) used to reach the log raw: a NUL
+/// or an escape sequence garbled it, a newline could forge a line. It is escaped now.
+#[test]
+fn peer_text_reaches_the_log_escaped() {
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let mut agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
+    let p = Probe::connect(m.port, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let me = ddc_edge::identity::Identity::load_or_create_file(&work.path().join("k")).unwrap();
+    let e = ddc_edge::signaling::Envelope::sign(
+        &me,
+        ddc_edge::signaling::Kind::Offer,
+        "evil\u{0}\u{1b}[2J\nINFO forged line",
+        "s",
+        &format!("ddc/clients/{}/signal", me.node_id()),
+        "v=0\r\n".into(),
+        ddc_edge::control::unix_now(),
+    );
+    p.publish(&topic(&id, "signal"), e.to_json(), false);
+    let line = agent.wait_for("signaling message dropped", T);
+    assert!(line.contains("\\u{0}"), "{line:?}");
+    assert!(
+        !agent
+            .seen
+            .iter()
+            .any(|l| l.contains('\u{0}') || l.contains('\u{1b}') || l.starts_with("INFO forged")),
+        "raw control characters reached the log"
+    );
+}

@@ -298,7 +298,7 @@ impl NodeServer {
         }
         let label = dc.label().await.unwrap_or_default();
         if label != protocol::LABEL {
-            warn!(%label, "closing a data channel with an unknown label");
+            warn!(label = %crate::logging::printable(&label), "closing a data channel with an unknown label");
             let _ = dc.close().await;
             return;
         }

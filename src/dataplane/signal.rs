@@ -69,7 +69,7 @@ impl Signal {
         let e = match opened {
             Ok(e) => e,
             Err(why) => {
-                warn!(reason = %why, "signaling message dropped");
+                warn!(reason = %crate::logging::printable(&why.to_string()), "signaling message dropped");
                 return;
             }
         };
@@ -90,7 +90,7 @@ impl Signal {
         match route {
             Some((peer, tx)) => {
                 if peer != e.from {
-                    warn!(session = %e.session, from = %e.from, "signaling message for another peer's session dropped");
+                    warn!(session = %crate::logging::printable(&e.session), from = %e.from, "signaling message for another peer's session dropped");
                     return;
                 }
                 if tx.try_send(e).is_err() {
