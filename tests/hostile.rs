@@ -239,8 +239,8 @@ fn fake_members(p: &Probe, n: usize, signed: bool) -> Vec<tempfile::TempDir> {
     for i in 0..n {
         let d = tempfile::tempdir().unwrap();
         let me = ddc_edge::identity::Identity::load_or_create_file(&d.path().join("k")).unwrap();
-        let mut h = json!({"node_id": me.node_id(), "disk": {"free_bytes": 1u64 << 40},
-            "draining": false, "n": i});
+        let mut h = json!({"node_id": me.node_id(), "ts": ddc_edge::control::unix_now(),
+            "disk": {"free_bytes": 1u64 << 40}, "draining": false, "n": i});
         if signed {
             ddc_edge::fleet::sign_health(&me, None, &mut h);
         }
@@ -315,15 +315,12 @@ fn unenrolled_members_are_invisible_when_the_fleet_has_a_ca() {
     let key = work.path().join("client.key");
     let file = work.path().join("f.bin");
     let data = random_file(&file, 16 * 65536, 21);
-    let mut args: Vec<String> = ["put", file.to_str().unwrap(), "--to", &id_a]
-        .map(String::from)
-        .to_vec();
-    args.extend(["--config", "/dev/null", "--broker", &m.url(), "--key"].map(String::from));
-    args.push(key.display().to_string());
-    for s in TEST_SETS.iter().chain(&["storage.chunk_size=64KiB"]) {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
-    let o = bin().args(&args).output().unwrap();
+    let o = client_cli(
+        &m.url(),
+        &key,
+        &["put", file.to_str().unwrap(), "--to", &id_a],
+        &["storage.chunk_size=64KiB"],
+    );
     assert!(o.status.success(), "put: {}", stderr(&o));
     let ids: Vec<String> = data
         .chunks(65536)
@@ -447,7 +444,7 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
     // A client stores a file on A through the ACL; replication puts it on B too.
     let file = work.path().join("f.bin");
     let data = random_file(&file, 8 * 65536, 31);
-    let client_cli = |args: &[&str]| {
+    let as_client = |args: &[&str]| {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(["--config", "/dev/null", "--broker", &m.url(), "--key"].map(String::from));
         all.push(client_key.display().to_string());
@@ -461,7 +458,7 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
         }
         bin().args(&all).output().unwrap()
     };
-    let o = client_cli(&["put", file.to_str().unwrap(), "--to", &id_a]);
+    let o = as_client(&["put", file.to_str().unwrap(), "--to", &id_a]);
     assert!(o.status.success(), "put through the ACL: {}", stderr(&o));
     let file_id = stdout(&o).lines().last().unwrap().trim().to_string();
     let chunks: Vec<String> = data
@@ -480,7 +477,7 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let out = work.path().join("out.bin");
-    let o = client_cli(&[
+    let o = as_client(&[
         "get",
         &file_id,
         "-o",

@@ -104,15 +104,12 @@ fn rogue_members_cannot_crash_bloat_or_rob_an_honest_node() {
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("f.bin");
     let data = random_file(&file, 40 * 65536, 17);
-    let mut args: Vec<String> = ["put", file.to_str().unwrap(), "--to", &id]
-        .map(String::from)
-        .to_vec();
-    args.extend(["--config", "/dev/null", "--broker", &m.url(), "--key"].map(String::from));
-    args.push(work.path().join("k").display().to_string());
-    for s in TEST_SETS.iter().chain(&["storage.chunk_size=64KiB"]) {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
-    let o = bin().args(&args).output().unwrap();
+    let o = client_cli(
+        &m.url(),
+        &work.path().join("k"),
+        &["put", file.to_str().unwrap(), "--to", &id],
+        &["storage.chunk_size=64KiB"],
+    );
     assert!(o.status.success(), "put: {}", stderr(&o));
 
     let script = format!("{}/tests/interop/rogue_node.py", env!("CARGO_MANIFEST_DIR"));

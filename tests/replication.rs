@@ -255,7 +255,8 @@ fn a_holder_that_pauses_mid_transfer_answers_busy_at_once() {
     ctl.publish(&format!("ddc/nodes/{member_id}/status"), "offline", true);
     // Membership needs a health message signed by the member's own key.
     let member_key = ddc_edge::identity::Identity::load_or_create(&member).unwrap();
-    let mut health = json!({"node_id": member_id, "disk": {"free_bytes": 0}});
+    let mut health = json!({"node_id": member_id, "ts": ddc_edge::control::unix_now(),
+        "disk": {"free_bytes": 0}});
     ddc_edge::fleet::sign_health(&member_key, None, &mut health);
     ctl.publish(
         &format!("ddc/nodes/{member_id}/health"),

@@ -12,18 +12,9 @@ const CHUNK: usize = 64 << 10;
 
 /// `ddc-edge <args>` with the tests' settings against broker `m`.
 fn cli(m: &Mosquitto, key: &Path, args: &[&str], extra_sets: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(
-        ["--config", "/dev/null", "--broker", &m.url(), "--key"]
-            .map(String::from)
-            .into_iter()
-            .chain([key.display().to_string()]),
-    );
-    for s in TEST_SETS.iter().chain(extra_sets) {
-        all.extend(["--set".to_string(), s.to_string()]);
-    }
-    all.extend(["--set".into(), format!("storage.chunk_size={CHUNK}")]);
-    bin().env("RUST_LOG", "info").args(&all).output().unwrap()
+    let mut sets = extra_sets.to_vec();
+    sets.push("storage.chunk_size=64KiB");
+    client_cli(&m.url(), key, args, &sets)
 }
 
 /// `ddc-edge store ...` on a data dir (the agent must not be running on it).
@@ -113,8 +104,8 @@ fn members_that_never_answer_cannot_make_a_node_drop_chunks() {
             ddc_edge::identity::Identity::load_or_create_file(&keys.path().join(n.to_string()))
                 .unwrap();
         let fake = me.node_id();
-        let mut health =
-            serde_json::json!({"disk":{"free_bytes":1000000000000u64},"draining":false});
+        let mut health = serde_json::json!({"ts": ddc_edge::control::unix_now(),
+            "disk": {"free_bytes": 1000000000000u64}, "draining": false});
         ddc_edge::fleet::sign_health(&me, None, &mut health);
         p.publish(
             &format!("ddc/nodes/{fake}/health"),

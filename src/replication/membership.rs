@@ -24,6 +24,8 @@ pub struct Membership {
     members: BTreeMap<String, Member>,
     /// Node IDs whose health was rejected, with the reason (bounded).
     rejected: BTreeMap<String, String>,
+    /// The `ts` of each member's latest accepted health.
+    last_ts: BTreeMap<String, u64>,
     /// Nodes whose replication is paused (policy or operator): they hold their chunks
     /// but answer replication GETs with `busy`, so fetch from someone else first.
     paused: BTreeSet<String>,
@@ -61,7 +63,21 @@ impl Membership {
     /// is paused, once it is verified. Returns the reason when it is rejected and that
     /// reason is new for this node (for the caller to log once).
     pub fn on_health(&mut self, id: &str, payload: &[u8], now: u64) -> Option<String> {
-        let h = match fleet::verify_health(id, payload, self.ca.as_ref(), now) {
+        let verified = fleet::verify_health(id, payload, self.ca.as_ref(), now).and_then(|h| {
+            // A signed health is only as new as its `ts`: an older one replayed by
+            // someone else must not roll the node's state back.
+            match (h["ts"].as_u64(), self.last_ts.get(id)) {
+                (None, _) => Err(Rejected::Forged("health without a ts".into())),
+                (Some(ts), Some(&last)) if ts < last => Err(Rejected::Forged(format!(
+                    "an older health (ts {ts}, latest {last}) replayed"
+                ))),
+                (Some(ts), _) => {
+                    self.last_ts.insert(id.to_string(), ts);
+                    Ok(h)
+                }
+            }
+        });
+        let h = match verified {
             Ok(h) => {
                 self.rejected.remove(id);
                 h
@@ -69,6 +85,7 @@ impl Membership {
             Err(e) => {
                 if matches!(e, Rejected::NotEnrolled(_)) && self.members.remove(id).is_some() {
                     self.paused.remove(id);
+                    self.last_ts.remove(id);
                     self.generation += 1;
                 }
                 let why = e.to_string();
@@ -156,6 +173,9 @@ mod tests {
     impl Node {
         fn health(&self, h: Value) -> Vec<u8> {
             let mut h = h;
+            if h.get("ts").is_none() {
+                h["ts"] = json!(100);
+            }
             fleet::sign_health(&self.id, self.cert.as_deref(), &mut h);
             serde_json::to_vec(&h).unwrap()
         }
@@ -261,6 +281,30 @@ mod tests {
             v.on_health(&id, br#"{"disk":{"free_bytes":999999999999}}"#, 0);
         }
         assert_eq!(v.members().len(), 1);
+    }
+
+    #[test]
+    fn an_older_signed_health_replayed_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let a = node(&d, "a");
+        let mut v = Membership::default();
+        v.on_status(a.name(), b"online");
+        let old = a.health(json!({"ts": 10, "disk":{"free_bytes":1000},"draining":false}));
+        let new = a.health(json!({"ts": 20, "disk":{"free_bytes":1000},"draining":true}));
+        assert!(v.on_health(a.name(), &old, 0).is_none());
+        assert!(v.on_health(a.name(), &new, 0).is_none());
+        assert!(v.members()[0].draining);
+        let why = v.on_health(a.name(), &old, 0).unwrap();
+        assert!(why.contains("replayed"), "{why}");
+        assert!(v.members()[0].draining, "the replay rolled the node back");
+        // The same one again (a retained copy after a reconnect) is fine.
+        assert!(v.on_health(a.name(), &new, 0).is_none());
+        let no_ts = {
+            let mut h = json!({"disk":{"free_bytes":1}});
+            fleet::sign_health(&a.id, None, &mut h);
+            serde_json::to_vec(&h).unwrap()
+        };
+        assert!(v.on_health(a.name(), &no_ts, 0).is_some());
     }
 
     #[test]

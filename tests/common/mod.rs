@@ -196,6 +196,22 @@ pub fn start_agent(broker: &str, dir: &Path, sysfs: &str, extra: &[&str]) -> Run
     a
 }
 
+/// `ddc-edge <args>` as a client of the broker at `url` with the key at `key`: no config
+/// file, the tests' settings, then `sets`; logs at info (so `uploaded=N` shows).
+pub fn client_cli(url: &str, key: &Path, args: &[&str], sets: &[&str]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--config", "/dev/null", "--broker", url, "--key"].map(String::from));
+    all.push(key.display().to_string());
+    for s in TEST_SETS.iter().chain(sets) {
+        all.extend(["--set".to_string(), s.to_string()]);
+    }
+    bin()
+        .env("RUST_LOG", "info")
+        .args(&all)
+        .output()
+        .expect("spawn ddc-edge")
+}
+
 /// True when the tests run under qemu (cross-compiled): big transfers are scaled down.
 pub fn emulated() -> bool {
     std::env::var("DDC_EDGE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
