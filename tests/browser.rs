@@ -57,6 +57,15 @@ fn the_page_stores_10_mib_and_fetches_it_back_byte_identical() {
     let r = drive(&net.url, 3, &["roundtrip", out.to_str().unwrap(), "10"]);
     assert_eq!(r["same"], true);
     assert_eq!(r["size"], 10 << 20);
+    // Stored again: every chunk the node still holds was proved (PROVE, checked by the
+    // page with WebCrypto) and skipped; only the rest and the manifest were sent.
+    assert_eq!(r["again_id"], r["id"]);
+    let (sent, proved) = (
+        r["again_uploaded"].as_u64().unwrap(),
+        r["again_proved"].as_u64().unwrap(),
+    );
+    assert!(proved > 0, "the page proved nothing: {r}");
+    assert_eq!(sent - 1 + proved, 10, "10 chunks, each proved or sent: {r}");
     assert!(out.join("page.png").exists(), "no screenshot");
     let online = r["nodes"]
         .as_array()

@@ -88,11 +88,13 @@ async function storeBytes(bytes, name = "file") {
   const c = await conn(target);
   if (!c.canWrite) throw new Error(`node ${target} does not accept writes from this browser's key (${me.publicKey}); an operator adds it to security.allowed_writers`);
   const t = performance.now();
+  const [puts, proved] = [c.puts || 0, c.proved || 0];
   const id = await storeFile(c, bytes, cfg.chunk_size, progress(bytes.length, `storing ${name}`));
   const s = (performance.now() - t) / 1000;
-  log(`stored ${name} (${bytes.length} bytes) on ${target.slice(0, 8)} as ${id} in ${s.toFixed(2)} s`);
+  const uploaded = (c.puts || 0) - puts;
+  log(`stored ${name} (${bytes.length} bytes) on ${target.slice(0, 8)} as ${id} in ${s.toFixed(2)} s (${uploaded} chunks sent)`);
   $("#stored-id").value = id;
-  return { id, seconds: s };
+  return { id, seconds: s, uploaded, proved: (c.proved || 0) - proved };
 }
 
 async function fetchBytes(id) {

@@ -206,13 +206,16 @@ export class NodeConn {
     want.set(data.subarray(offset, offset + len), 16);
     const expected = hex(await sha256(want));
     try {
-      return hex(await this.request(T.PROVE, p)) === expected;
+      const ok = hex(await this.request(T.PROVE, p)) === expected;
+      if (ok) this.proved = (this.proved || 0) + 1;
+      return ok;
     } catch (e) {
       return false;
     }
   }
 
   async put(id, data, onProgress) {
+    this.puts = (this.puts || 0) + 1;
     const req = this.next++;
     const done = new Promise((resolve, reject) => this.waiting.set(req, { resolve, reject }));
     const head = new Uint8Array(41);

@@ -38,8 +38,11 @@ try {
       const sha = await window.ddc.sha256hex(bytes);
       const put = await window.ddc.storeBytes(bytes, `${mib} MiB of random bytes`);
       const got = await window.ddc.fetchBytes(put.id);
+      // Storing it again: chunks the node proves it holds are not sent again.
+      const again = await window.ddc.storeBytes(bytes, "the same bytes again");
       return {
         id: put.id, sha, same: (await window.ddc.sha256hex(got.bytes)) === sha, size: got.bytes.length,
+        again_id: again.id, again_uploaded: again.uploaded, again_proved: again.proved,
         upload_mb_s: bytes.length / put.seconds / 1e6, download_mb_s: bytes.length / got.seconds / 1e6,
       };
     }, Number(mib));
