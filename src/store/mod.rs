@@ -441,7 +441,7 @@ impl Store {
             if !self.has(&expected) {
                 continue;
             }
-            let is_manifest = ledger.manifests().contains(&expected);
+            let is_manifest = ledger.is_manifest(&expected);
             match outcome {
                 PutOutcome::Stored(_) if !is_manifest => ledger
                     .upload(expected, data.len() as u64, now)
@@ -472,12 +472,7 @@ impl Store {
         if !self.has(id) {
             return Ok(false);
         }
-        if let Some(size) = ledger
-            .uploads()
-            .iter()
-            .find(|u| u.id == *id)
-            .map(|u| u.size)
-        {
+        if let Some(size) = ledger.pending(id).map(|u| u.size) {
             ledger
                 .upload(*id, size, now)
                 .map_err(StoreError::io("appending to the upload ledger"))?;
@@ -999,9 +994,8 @@ impl Store {
             let mut ledger = self.ledger();
             // Still pending and untouched since we looked (a client may rely on it now).
             let same = ledger
-                .uploads()
-                .iter()
-                .any(|u| u.id == id && retention::is_abandoned(u, false, now, grace));
+                .pending(&id)
+                .is_some_and(|u| retention::is_abandoned(&u, false, now, grace));
             if !same {
                 continue;
             }

@@ -163,6 +163,19 @@ impl Ledger {
         self.state.pending.contains_key(id)
     }
 
+    /// One pending upload, without copying the rest.
+    pub fn pending(&self, id: &ChunkId) -> Option<Upload> {
+        self.state.pending.get(id).map(|(size, touched)| Upload {
+            id: *id,
+            size: *size,
+            touched: *touched,
+        })
+    }
+
+    pub fn is_manifest(&self, id: &ChunkId) -> bool {
+        self.state.manifests.contains(id)
+    }
+
     /// `id` is no longer an upload in progress (claimed, replicated or deleted).
     pub fn claim(&mut self, id: &ChunkId) -> io::Result<()> {
         if self.state.pending.contains_key(id) {
