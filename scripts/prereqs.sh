@@ -11,6 +11,7 @@ APT_PACKAGES=(
   mosquitto mosquitto-clients openssl shellcheck systemd
   python3 python3-venv
   chromium
+  iproute2 iptables coturn
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 

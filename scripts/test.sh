@@ -16,10 +16,12 @@ cargo clippy --all-targets --locked -- -D warnings
 
 # Test binaries that start several agents at once run one test at a time: on two cores
 # parallel clusters would only measure each other's contention. The browser tests need
-# Chromium, which does not run under qemu-user, so the ARM run leaves them out.
+# Chromium, which does not run under qemu-user, so the ARM run leaves them out; the
+# network lab tests network behaviour (NAT, TURN, loss), which emulating the CPU would
+# only slow down, so they run natively only.
 parallel=(cli sensors store mqtt dataplane interop hostile)
 serial=(replication retention)
-native_only=(browser)
+native_only=(browser netlab)
 for f in tests/*.rs; do
   t=$(basename "$f" .rs)
   [[ " ${parallel[*]} ${serial[*]} ${native_only[*]} " == *" $t "* ]] || { echo "error: scripts/test.sh does not run tests/$t.rs; add it to a list" >&2; exit 1; }
@@ -28,6 +30,9 @@ test_args() { for t in "$@"; do printf -- '--test\n%s\n' "$t"; done; }
 mapfile -t par < <(test_args "${parallel[@]}")
 mapfile -t ser < <(test_args "${serial[@]}" "${native_only[@]}")
 mapfile -t ser_arm < <(test_args "${serial[@]}")
+
+echo "== tests: the patched rtc-sctp's own unit tests (patches/SCTP-RTO.md)"
+CARGO_TARGET_DIR=target/patches cargo test --locked --manifest-path patches/rtc-sctp/Cargo.toml --lib 2>&1 | tail -3
 
 echo "== tests: native ($(uname -m))"
 {

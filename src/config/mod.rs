@@ -559,6 +559,20 @@ pub struct WebrtcSection {
     /// Receive and send buffer asked for on each WebRTC UDP socket (capped by the
     /// kernel's net.core.rmem_max / wmem_max).
     pub udp_buffer: ByteSize,
+    /// SCTP retransmission timeout before a round trip has been measured (it also paces
+    /// the association's INIT and COOKIE-ECHO). RFC 9260 says 1 s for the open
+    /// Internet; Chromium's data channels start at 500 ms.
+    pub sctp_rto_initial: HumanDuration,
+    /// Floor of the SCTP retransmission timeout. Every loss fast retransmit cannot repair
+    /// (the last packets of a chunk, a lost acknowledgement) costs at least this much;
+    /// RFC 9260's 1 s made one lost packet in a hundred stall transfers for seconds.
+    /// libdatachannel uses 200 ms.
+    pub sctp_rto_min: HumanDuration,
+    /// Ceiling of the SCTP retransmission timeout and of its backoff.
+    pub sctp_rto_max: HumanDuration,
+    /// How long the DTLS handshake waits for the peer's next flight before resending
+    /// its own (fixed, at most 7 resends). One lost handshake datagram costs this much.
+    pub dtls_retransmit: HumanDuration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -567,6 +581,12 @@ pub struct IceServer {
     pub urls: Vec<String>,
     pub username: String,
     pub credential: String,
+    /// coturn's `static-auth-secret` (the TURN REST API): instead of a fixed
+    /// username/credential, the node computes a time-limited pair from this secret on
+    /// every connection (docs/protocol.md, "TURN").
+    pub secret: String,
+    /// How long credentials computed from `secret` stay valid (default 1 day).
+    pub credential_ttl: Option<HumanDuration>,
 }
 
 impl Default for WebrtcSection {
@@ -582,6 +602,10 @@ impl Default for WebrtcSection {
             connect_timeout: HumanDuration(Duration::from_secs(20)),
             request_timeout: HumanDuration(Duration::from_secs(60)),
             udp_buffer: ByteSize(4 << 20),
+            sctp_rto_initial: HumanDuration(Duration::from_millis(500)),
+            sctp_rto_min: HumanDuration(Duration::from_millis(200)),
+            sctp_rto_max: HumanDuration(Duration::from_secs(10)),
+            dtls_retransmit: HumanDuration(Duration::from_millis(400)),
         }
     }
 }

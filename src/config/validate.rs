@@ -4,6 +4,7 @@
 
 use super::Config;
 use crate::boards::KNOWN_TARGETS;
+use crate::units::HumanDuration;
 use std::time::Duration;
 
 type Problem = (String, String);
@@ -304,6 +305,73 @@ impl Config {
         ] {
             if d.0 < Duration::from_secs(1) {
                 return fail(key, format!("expected at least 1s, got {d}"));
+            }
+        }
+        let ms = Duration::from_millis;
+        for (key, d, lo, hi) in [
+            ("webrtc.sctp_rto_min", w.sctp_rto_min, ms(50), ms(5000)),
+            (
+                "webrtc.sctp_rto_initial",
+                w.sctp_rto_initial,
+                w.sctp_rto_min.0,
+                w.sctp_rto_max.0,
+            ),
+            (
+                "webrtc.sctp_rto_max",
+                w.sctp_rto_max,
+                w.sctp_rto_min.0,
+                ms(60_000),
+            ),
+            (
+                "webrtc.dtls_retransmit",
+                w.dtls_retransmit,
+                ms(50),
+                ms(5000),
+            ),
+        ] {
+            if !(lo..=hi).contains(&d.0) {
+                return fail(
+                    key,
+                    format!(
+                        "expected between {} and {}, got {d}",
+                        HumanDuration(lo),
+                        HumanDuration(hi)
+                    ),
+                );
+            }
+        }
+        for (i, server) in w.ice_servers.iter().enumerate() {
+            let key = format!("webrtc.ice_servers[{i}]");
+            if server.urls.is_empty() {
+                return fail(&key, "has no urls".to_string());
+            }
+            for u in &server.urls {
+                if !["stun:", "stuns:", "turn:", "turns:"]
+                    .iter()
+                    .any(|s| u.starts_with(s))
+                {
+                    return fail(
+                        &key,
+                        format!("url {u:?} must start with stun:, stuns:, turn: or turns:"),
+                    );
+                }
+            }
+            if !server.secret.is_empty()
+                && (!server.username.is_empty() || !server.credential.is_empty())
+            {
+                return fail(
+                    &key,
+                    "set either secret (TURN REST credentials) or username and credential, not both"
+                        .to_string(),
+                );
+            }
+            if let Some(ttl) = server.credential_ttl
+                && !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&ttl.0)
+            {
+                return fail(
+                    &format!("{key}.credential_ttl"),
+                    format!("expected between 1m and 7d, got {ttl}"),
+                );
             }
         }
 

@@ -174,6 +174,7 @@ impl Conn {
         pace: Option<Arc<Limiter>>,
     ) -> Result<Conn, ClientError> {
         let err = |e: webrtc::error::Error| ClientError::Connect(e.to_string());
+        let started = std::time::Instant::now();
         let (pc, mut ev) = new_peer_connection(settings)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -230,6 +231,13 @@ impl Conn {
         verify_remote_fingerprint(&pc, &answer.body)
             .await
             .map_err(|e| ClientError::Connect(format!("node {node_id}: {e}")))?;
+        let path = super::selected_path(&pc).await;
+        tracing::info!(
+            node = %node_id,
+            connect_ms = started.elapsed().as_millis() as u64,
+            %path,
+            "connected"
+        );
 
         // Open, then HELLO; the reader task owns the channel's events from here.
         let opened = tokio::time::timeout(timeout, async {

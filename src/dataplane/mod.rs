@@ -12,11 +12,13 @@
 //! (send-buffer limit, bind addresses, ICE servers) and verifying fingerprints.
 
 pub mod client;
+pub mod ice_servers;
 pub mod node;
 pub mod signal;
 
 use crate::config::Config;
 use anyhow::Context;
+use rtc::ice::mdns::MulticastDnsMode;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime,
@@ -36,7 +38,10 @@ use webrtc::runtime::{
 /// Peer-connection settings resolved from `[webrtc]`.
 #[derive(Debug, Clone)]
 pub struct RtcSettings {
-    pub ice_servers: Vec<RTCIceServer>,
+    /// As configured: TURN REST credentials are computed per connection from these.
+    pub ice_servers: Vec<crate::config::IceServer>,
+    /// Names this device to a TURN server using REST credentials.
+    pub turn_user: String,
     pub bind: Vec<String>,
     pub send_buffer: usize,
     pub max_message: u32,
@@ -44,27 +49,30 @@ pub struct RtcSettings {
     pub request_timeout: Duration,
     /// SO_RCVBUF / SO_SNDBUF asked for on every WebRTC UDP socket.
     pub udp_buffer: usize,
+    /// SCTP retransmission timeout: initial, floor, ceiling.
+    pub sctp_rto: (Duration, Duration, Duration),
+    /// DTLS handshake flight retransmission interval.
+    pub dtls_retransmit: Duration,
 }
 
 impl RtcSettings {
     pub fn from_config(cfg: &Config) -> RtcSettings {
         let w = &cfg.webrtc;
         RtcSettings {
-            ice_servers: w
-                .ice_servers
-                .iter()
-                .map(|s| RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone(),
-                    credential: s.credential.clone(),
-                })
-                .collect(),
+            ice_servers: w.ice_servers.clone(),
+            turn_user: if cfg.node.name.is_empty() {
+                "ddc-edge".into()
+            } else {
+                cfg.node.name.clone()
+            },
             bind: w.bind.clone(),
             send_buffer: w.send_buffer.0 as usize,
             max_message: w.max_message.0 as u32,
             connect_timeout: w.connect_timeout.0,
             request_timeout: w.request_timeout.0,
             udp_buffer: w.udp_buffer.0 as usize,
+            sctp_rto: (w.sctp_rto_initial.0, w.sctp_rto_min.0, w.sctp_rto_max.0),
+            dtls_retransmit: w.dtls_retransmit.0,
         }
     }
 
@@ -114,10 +122,43 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Set once an mDNS socket could not be opened: later connections go without.
+static NO_MDNS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Builds a peer connection with our bounds. The data-channel send buffer is always
 /// limited: unbounded (webrtc's default) it grew to gigabytes under load.
+///
+/// mDNS (resolving browsers' `.local` host candidates) is optional: on a host without a
+/// multicast route (a container or namespace with only `lo`, a link without multicast)
+/// joining the mDNS group fails, and webrtc then fails the whole connection. We retry
+/// without mDNS and remember it; browsers still connect through their connectivity
+/// checks (peer-reflexive candidates), STUN and TURN.
 pub async fn new_peer_connection(
     s: &RtcSettings,
+) -> anyhow::Result<(Arc<dyn PeerConnection>, PcEvents)> {
+    use std::sync::atomic::Ordering;
+    if !NO_MDNS.load(Ordering::Relaxed) {
+        match build_peer_connection(s, true).await {
+            Ok(pc) => return Ok(pc),
+            Err(e) => match build_peer_connection(s, false).await {
+                Ok(pc) => {
+                    NO_MDNS.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "mDNS is unavailable here (no multicast route?); connecting without it: browsers' .local candidates will not be resolved"
+                    );
+                    return Ok(pc);
+                }
+                Err(_) => return Err(e),
+            },
+        }
+    }
+    build_peer_connection(s, false).await
+}
+
+async fn build_peer_connection(
+    s: &RtcSettings,
+    mdns: bool,
 ) -> anyhow::Result<(Arc<dyn PeerConnection>, PcEvents)> {
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
     let (gathered_tx, gathered) = watch::channel(false);
@@ -129,17 +170,23 @@ pub async fn new_peer_connection(
         candidates: cand_tx,
         data_channels: dc_tx,
     });
-    let setting = SettingEngineBuilder::new()
+    let (rto_initial, rto_min, rto_max) = s.sctp_rto;
+    let mut setting = SettingEngineBuilder::new()
         .with_include_loopback_candidate(s.loopback())
-        .build();
+        .with_sctp_rto(rto_initial, rto_min, rto_max)
+        .with_dtls_retransmit_interval(s.dtls_retransmit);
+    if !mdns {
+        setting = setting.with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    }
+    let servers = ice_servers::resolve(&s.ice_servers, &s.turn_user, crate::control::unix_now());
     let config = RTCConfigurationBuilder::new()
-        .with_ice_servers(s.ice_servers.clone())
+        .with_ice_servers(servers)
         .build();
     let runtime = tuned_runtime(s.udp_buffer)?;
     let pc = PeerConnectionBuilder::new()
         .with_runtime(runtime)
         .with_configuration(config)
-        .with_setting_engine(setting)
+        .with_setting_engine(setting.build())
         .with_handler(handler)
         .with_udp_addrs(s.bind.clone())
         .with_data_channel_send_buffer_limit(s.send_buffer)
@@ -303,6 +350,53 @@ pub async fn wait_connected(
         Ok(Err(_)) => anyhow::bail!("peer connection went away"),
         Err(_) => anyhow::bail!("no connection within {} s", timeout.as_secs()),
     }
+}
+
+/// The candidate types of the pair ICE selected, `local->remote` (`host->srflx`,
+/// `relay->prflx`, ...), for the log: whether a connection went direct, through a NAT's
+/// mapping or through a TURN relay is the first thing to know when one is slow.
+pub async fn selected_path(pc: &Arc<dyn PeerConnection>) -> String {
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let pair_id = report.iter().find_map(|e| match e {
+        RTCStatsReportEntry::Transport(t) if !t.selected_candidate_pair_id.is_empty() => {
+            Some(t.selected_candidate_pair_id.clone())
+        }
+        _ => None,
+    });
+    let pair = report.iter().find_map(|e| match e {
+        RTCStatsReportEntry::IceCandidatePair(p)
+            if Some(e.id()) == pair_id.as_deref() || (pair_id.is_none() && p.nominated) =>
+        {
+            Some((p.local_candidate_id.clone(), p.remote_candidate_id.clone()))
+        }
+        _ => None,
+    });
+    let Some((local, remote)) = pair else {
+        return "unknown".into();
+    };
+    // Candidate stats are keyed `RTCLocalIceCandidate_<id>` / `RTCRemoteIceCandidate_<id>`;
+    // a remote candidate learned from a connectivity check was never signaled, so it has
+    // no entry: it is peer-reflexive.
+    let kind = |id: &str, prefix: &str, unlisted: &str| {
+        let key = format!("{prefix}{id}");
+        report
+            .iter()
+            .find_map(|e| match e {
+                RTCStatsReportEntry::LocalCandidate(c)
+                | RTCStatsReportEntry::RemoteCandidate(c)
+                    if e.id() == key || e.id() == id =>
+                {
+                    Some(c.candidate_type.to_string())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| unlisted.into())
+    };
+    let (local, remote) = (
+        kind(&local, "RTCLocalIceCandidate_", "unknown"),
+        kind(&remote, "RTCRemoteIceCandidate_", "prflx"),
+    );
+    format!("{local}->{remote}")
 }
 
 /// Checks that the certificate the peer presented in the DTLS handshake has a

@@ -251,7 +251,8 @@ impl NodeServer {
                                 anyhow::bail!("DTLS fingerprint check failed, closing: {why}");
                             }
                             verified = true;
-                            info!(peer = %offer.from, can_read, can_write, connect_ms = started.elapsed().as_millis() as u64, "peer connected");
+                            let path = super::selected_path(pc).await;
+                            info!(peer = %offer.from, can_read, can_write, connect_ms = started.elapsed().as_millis() as u64, %path, "peer connected");
                         }
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected => return Ok(()),
                         _ => {}

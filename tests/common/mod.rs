@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod mosquitto;
+pub mod netlab;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
