@@ -36,6 +36,10 @@ pub enum ClientError {
     Timeout(u64),
     #[error("{0}")]
     Connect(String),
+    /// The node answered but ICE, DTLS or the data channel did not come up: on a lossy
+    /// link worth one more try (a DTLS handshake gives up after 7 resent flights).
+    #[error("{0}")]
+    SetUp(String),
 }
 
 impl ClientError {
@@ -133,6 +137,21 @@ impl Conn {
         node_id: &str,
         pace: Option<Arc<Limiter>>,
     ) -> Result<Conn, ClientError> {
+        match Self::connect_once(signal, settings, node_id, pace.clone()).await {
+            Err(ClientError::SetUp(why)) => {
+                tracing::info!(node = %node_id, %why, "connection set-up failed after the node answered; trying once more");
+                Self::connect_once(signal, settings, node_id, pace).await
+            }
+            r => r,
+        }
+    }
+
+    async fn connect_once(
+        signal: &Arc<Signal>,
+        settings: &RtcSettings,
+        node_id: &str,
+        pace: Option<Arc<Limiter>>,
+    ) -> Result<Conn, ClientError> {
         let session = new_session_id();
         let mut inbox = signal.register(&session, node_id);
         let result =
@@ -225,9 +244,14 @@ impl Conn {
         })??;
         let desc = RTCSessionDescription::answer(answer.body.clone()).map_err(err)?;
         pc.set_remote_description(desc).await.map_err(err)?;
-        wait_connected(&mut ev.state, timeout)
-            .await
-            .map_err(|e| ClientError::Connect(format!("node {node_id}: {e}")))?;
+        if let Err(e) = wait_connected(&mut ev.state, timeout).await {
+            // Tell the node, so it frees the slot now rather than at its own timeout.
+            signal
+                .send(node_id, &topic, Kind::Bye, session, "set-up failed".into())
+                .await;
+            let _ = pc.close().await;
+            return Err(ClientError::SetUp(format!("node {node_id}: {e}")));
+        }
         verify_remote_fingerprint(&pc, &answer.body)
             .await
             .map_err(|e| ClientError::Connect(format!("node {node_id}: {e}")))?;
@@ -252,7 +276,7 @@ impl Conn {
         .await;
         if opened != Ok(true) {
             let _ = pc.close().await;
-            return Err(ClientError::Connect(format!(
+            return Err(ClientError::SetUp(format!(
                 "node {node_id}: data channel did not open"
             )));
         }

@@ -178,6 +178,9 @@ impl Lab {
                 None => c.env_remove(k),
             };
         }
+        if let Some(d) = cmd.get_current_dir() {
+            c.current_dir(d);
+        }
         c
     }
 

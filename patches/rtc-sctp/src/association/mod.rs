@@ -1453,6 +1453,12 @@ impl Association {
 
             self.cumulative_tsn_ack_point = d.cumulative_tsn_ack;
             cum_tsn_ack_point_advanced = true;
+            // New data got through: the path works again, so the timer backed off by
+            // earlier T3 expiries returns to the one computed from SRTT/RTTVAR (as TCP
+            // stacks do on an ACK of new data). Without this, one lost retransmission
+            // left every later loss on the association waiting a doubled RTO until the
+            // next RTT sample, which Karn's rule can hold off for many round trips.
+            self.rto_mgr.clear_backoff();
             self.on_cumulative_tsn_ack_point_advanced(total_bytes_acked, now);
         }
 

@@ -284,6 +284,15 @@ impl RtoManager {
         }
     }
 
+    /// Drops the backoff of earlier T3 expiries: the RTO is the one computed from the
+    /// current SRTT/RTTVAR again (unchanged before the first RTT measurement).
+    pub(crate) fn clear_backoff(&mut self) {
+        if self.no_update || self.srtt == 0 {
+            return;
+        }
+        self.rto = (self.srtt + (4.0 * self.rttvar) as u64).clamp(self.rto_min, self.rto_max);
+    }
+
     /// reset resets the RTO variables to the initial values.
     pub(crate) fn reset(&mut self) {
         if self.no_update {
@@ -365,6 +374,26 @@ mod tests {
             timers.get(Timer::T1Init),
             "T1 backoff is capped by the configured maximum"
         );
+    }
+
+    #[test]
+    fn clearing_the_backoff_restores_the_computed_rto() {
+        let config = TimerConfig {
+            rto_initial_ms: 500,
+            rto_min_ms: 200,
+            rto_max_ms: 10_000,
+            ..TimerConfig::default()
+        };
+        let mut rto = RtoManager::with_config(&config);
+        rto.clear_backoff();
+        assert_eq!(500, rto.get_rto(), "no RTT yet: the initial RTO stays");
+        rto.set_new_rtt(10);
+        assert_eq!(200, rto.get_rto());
+        rto.backoff();
+        rto.backoff();
+        assert_eq!(800, rto.get_rto());
+        rto.clear_backoff();
+        assert_eq!(200, rto.get_rto());
     }
 
     #[test]
