@@ -563,6 +563,12 @@ impl<'a>
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
+        // Messages queued outside a write pass (the DCEP OPEN queued when the association
+        // comes up, after this iteration's poll_write) need an immediate pass, or they
+        // wait for whatever timer wakes the driver next (about 200 ms).
+        if !self.ctx.write_outs.is_empty() {
+            return Some(self.ctx.now);
+        }
         self.data_channels
             .values()
             .filter_map(|dc| {
