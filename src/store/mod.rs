@@ -652,11 +652,17 @@ impl Store {
         tmp: PathBuf,
         id: ChunkId,
         size: u64,
-        reservation: Reservation<'_>,
+        mut reservation: Reservation<'_>,
     ) -> Result<PutOutcome> {
         let dest = self.chunk_path(&id);
         let outcome = {
             let mut i = self.lock();
+            // Settle the reservation in the same critical section that counts the bytes
+            // as used: released afterwards, another writer could see this chunk twice
+            // (used and in flight) and be refused with `quota` though it fits.
+            i.reserved = i
+                .reserved
+                .saturating_sub(std::mem::take(&mut reservation.size));
             if dest.exists() {
                 let _ = fs::remove_file(&tmp);
                 PutOutcome::AlreadyPresent(id)
