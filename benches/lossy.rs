@@ -24,7 +24,7 @@
 mod common;
 
 use common::netlab::{self, Ice, Lab, Nat, lab_sets};
-use common::{bin, random_file, stderr, stdout};
+use common::{bin, node_id, random_file, stderr, stdout};
 use ddc_edge::config::Config;
 use ddc_edge::store::ChunkId;
 use ddc_edge::transfer::ClientHub;
@@ -110,12 +110,7 @@ impl Bench {
     fn agent(&mut self, name: &str, sets: &[&str]) -> String {
         let dir = self.work.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let o = bin()
-            .args(["id", "--config", "/dev/null", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let id = stdout(&o).trim().to_string();
+        let id = node_id(&dir);
         let mut c = bin();
         c.args(["run", "--config", "/dev/null", "--data-dir"])
             .arg(&dir)
@@ -395,14 +390,7 @@ fn main() {
     if parts.contains('6') {
         let mut h = Lab::two_homes(Nat::Cone, Nat::Symmetric);
         let dir = tempfile::tempdir().unwrap();
-        let id = {
-            let o = bin()
-                .args(["id", "--config", "/dev/null", "--data-dir"])
-                .arg(dir.path())
-                .output()
-                .unwrap();
-            stdout(&o).trim().to_string()
-        };
+        let id = node_id(dir.path());
         let mut c = bin();
         c.args(["run", "--config", "/dev/null", "--data-dir"])
             .arg(dir.path())
