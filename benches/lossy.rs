@@ -7,7 +7,7 @@
 //!
 //! 1. `ddc-edge get` of 1 MiB, whole command (process start to exit), 15 runs at 0 % and
 //!    at 1 %: targets median <= 0.25 s, and at 1 % no run > 0.6 s above the median.
-//! 2. 16 MiB `ddc-edge get` and `put` at 0, 1 and 5 % (whole commands); baselines in the
+//! 2. 16 MiB `ddc-edge get` and `put` at 0, 1 and 5 % (whole commands, medians of 5); baselines in the
 //!    same namespaces: Chromium <-> Chromium (dcsctp) and HTTP over TCP (loss applied to
 //!    the TCP port too). Targets at 1 %: GET >= 0.5 x lossless and >= Chromium at 1 %.
 //! 3. 1 MiB GET latency on a connected channel, 100 requests at 0 % and 1 %: target
@@ -18,7 +18,8 @@
 //! 6. Across a TURN relay (two homes, the client behind a symmetric NAT, the node with
 //!    coturn): 16 MiB GET, target >= 0.5 x the direct lossless GET of part 2.
 //!
-//! Run: cargo bench --bench lossy   (DDC_LOSSY_PARTS=123456 picks parts)
+//! Run: cargo bench --bench lossy   (DDC_LOSSY_PARTS=123456 picks parts;
+//! DDC_LOSSY_STDERR=FILE appends the library client's log, RUST_LOG applies, for diagnosis)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -177,6 +178,15 @@ impl Bench {
             .env("DDC_LOSSY_KEY", self.work.path().join("inner.key"))
             .env("DDC_LOSSY_SETS", sets.join("\n"));
         let o = self.lab.command(&self.cli, &c).output().unwrap();
+        if let Ok(path) = std::env::var("DDC_LOSSY_STDERR") {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            f.write_all(&o.stderr).unwrap();
+        }
         assert!(o.status.success(), "inner {mode} failed: {}", stderr(&o));
         serde_json::from_str(stdout(&o).lines().last().unwrap_or("")).unwrap()
     }
@@ -307,8 +317,19 @@ fn main() {
             let f = files.join(format!("big{i}.bin"));
             random_file(&f, size, 100 + i as u64);
             b.loss(loss);
-            let (put, id) = b.put(&f, &node, &[]);
-            let get = b.get(&id, &node, &[]);
+            // Medians of five: one lost handshake packet moves a single run by a lot.
+            let mut puts = Vec::new();
+            let mut gets = Vec::new();
+            let mut id = String::new();
+            for _ in 0..5 {
+                let (put, put_id) = b.put(&f, &node, &[]);
+                puts.push(put);
+                id = put_id;
+            }
+            for _ in 0..5 {
+                gets.push(b.get(&id, &node, &[]));
+            }
+            let (put, get) = (quantile(&puts, 0.5), quantile(&gets, 0.5));
             let chromium = b.chromium(size);
             let http = b.http(&format!("big{i}.bin"));
             b.loss(0.0);
@@ -318,8 +339,10 @@ fn main() {
                 direct_get_mbps = Some(get_mbps);
             }
             println!(
-                "2. 16 MiB at {loss:.0} % loss: GET {get_mbps:.1} MB/s ({:.2} s, {:.2} x lossless), PUT {:.1} MB/s ({:.2} s) | Chromium<->Chromium {chromium:.1} MB/s | HTTP/TCP {:.1} MB/s ({http:.3} s){}",
+                "2. 16 MiB at {loss:.0} % loss, medians of 5 whole commands: GET {get_mbps:.1} MB/s ({:.2} s, runs {:.2}-{:.2} s, {:.2} x lossless), PUT {:.1} MB/s ({:.2} s) | Chromium<->Chromium {chromium:.1} MB/s | HTTP/TCP {:.1} MB/s ({http:.3} s){}",
                 secs(get),
+                secs(quantile(&gets, 0.0)),
+                secs(quantile(&gets, 1.0)),
                 get_mbps / lossless,
                 mbps(size, put),
                 secs(put),
@@ -423,10 +446,13 @@ fn main() {
         let (put, o) = run(&["put", f.to_str().unwrap(), "--to", &id]);
         let fid = stdout(&o).lines().last().unwrap().trim().to_string();
         let out = b.work.path().join("turn.out");
-        let (get, _) = run(&["get", &fid, "-o", out.to_str().unwrap(), "--from", &id]);
+        let gets: Vec<Duration> = (0..3)
+            .map(|_| run(&["get", &fid, "-o", out.to_str().unwrap(), "--from", &id]).0)
+            .collect();
+        let get = quantile(&gets, 0.5);
         let relay = mbps(16 * MIB, get);
         println!(
-            "6. through the node's TURN relay (client behind a symmetric NAT): 16 MiB GET {relay:.1} MB/s ({:.2} s), PUT {:.1} MB/s{}",
+            "6. through the node's TURN relay (client behind a symmetric NAT): 16 MiB GET (median of 3) {relay:.1} MB/s ({:.2} s), PUT {:.1} MB/s{}",
             secs(get),
             mbps(16 * MIB, put),
             direct_get_mbps
@@ -442,6 +468,7 @@ fn main() {
 /// The library client inside the "cli" namespace: `seed` stores 8 chunks of 1 MiB,
 /// `latency` GETs them 100 times on one connection, `setup` opens 20 connections.
 fn inner(mode: &str) {
+    ddc_edge::logging::init("warn");
     let node = std::env::var("DDC_LOSSY_NODE").unwrap();
     let key = std::env::var("DDC_LOSSY_KEY").unwrap();
     let mut cfg = Config::default();
@@ -501,6 +528,7 @@ fn inner(mode: &str) {
                     let t = Instant::now();
                     match hub.connect(&node).await {
                         Ok(c) => {
+                            eprintln!("set-up took {:?}", t.elapsed());
                             times.push(t.elapsed());
                             c.close().await;
                         }

@@ -46,6 +46,15 @@ use shared::{TransportContext, TransportMessage, TransportProtocol};
 use stream::{Stream, StreamEvent, StreamId, StreamState};
 use timer::{ACK_INTERVAL, RtoManager, Timer, TimerTable};
 
+/// A chunk is lost once one transmitted this many transmissions after it is delivered
+/// (the transmission-order analogue of RFC 9260's three miss indications).
+const RACK_REORDER_CHUNKS: u64 = 3;
+/// Least reordering window of time-based loss detection, in milliseconds (RFC 8985 uses
+/// a quarter of the minimum RTT; this clock counts whole milliseconds).
+const RACK_MIN_REO_WND_MS: u64 = 1;
+/// Least tail-loss probe timeout, in milliseconds (Linux TCP uses 10 ms as well).
+const PROBE_MIN_MS: u64 = 10;
+
 use crate::association::stream::RecvSendState;
 use bytes::{Bytes, BytesMut};
 use log::{debug, error, trace, warn};
@@ -233,6 +242,19 @@ pub struct Association {
     pub(crate) in_fast_recovery: bool,
     fast_recover_exit_point: u32,
 
+    // Loss detection by transmission order and tail-loss probe (patches/SCTP-RTO.md)
+    /// Order number of the next DATA transmission (first sends and retransmissions).
+    next_xmit_seq: u64,
+    /// Order number and time of the latest transmission known to have been delivered.
+    rack_xmit_seq: u64,
+    rack_sent_at: Option<Instant>,
+    /// A tail-loss probe is to go out in the next gather pass.
+    will_send_probe: bool,
+    /// A probe went out and no SACK has arrived since: one probe per silence.
+    probe_outstanding: bool,
+    /// The newest DATA sent carried the I bit (RFC 7053), so its SACK is not delayed.
+    tail_sack_requested: bool,
+
     // Chunks stored for retransmission
     stored_init: Option<ChunkInit>,
     stored_cookie_echo: Option<ChunkCookieEcho>,
@@ -327,6 +349,13 @@ impl Default for Association {
             partial_bytes_acked: 0,
             in_fast_recovery: false,
             fast_recover_exit_point: 0,
+
+            next_xmit_seq: 0,
+            rack_xmit_seq: 0,
+            rack_sent_at: None,
+            will_send_probe: false,
+            probe_outstanding: false,
+            tail_sack_requested: false,
 
             // Chunks stored for retransmission
             stored_init: None,
@@ -530,6 +559,8 @@ impl Association {
 
             if timer == Timer::Ack {
                 self.on_ack_timeout();
+            } else if timer == Timer::Probe {
+                self.on_probe_timeout();
             } else if failure {
                 self.on_retransmission_failure(timer);
             } else {
@@ -1406,6 +1437,8 @@ impl Association {
     }
 
     fn handle_sack(&mut self, d: &ChunkSelectiveAck, now: Instant) -> Result<Vec<Packet>> {
+        // Any SACK ends the silence a tail-loss probe was sent into.
+        self.probe_outstanding = false;
         trace!(
             "[{}] {}, SACK: cumTSN={} a_rwnd={}",
             self.side,
@@ -1753,6 +1786,9 @@ impl Association {
             if let Some(mut c) = self.inflight_queue.pop(i) {
                 if c.acknowledge() {
                     newly_acked_data |= c.nsent > 0;
+                    if c.nsent > 0 && c.xmit_seq > self.rack_xmit_seq {
+                        (self.rack_xmit_seq, self.rack_sent_at) = (c.xmit_seq, c.sent_at);
+                    }
 
                     let n_bytes_acked = c.user_data.len() as i64;
                     total_bytes_acked += n_bytes_acked;
@@ -1819,6 +1855,9 @@ impl Association {
                 if let Some(c) = self.inflight_queue.get(tsn) {
                     if newly_acknowledged {
                         newly_acked_data |= c.nsent > 0;
+                        if c.nsent > 0 && c.xmit_seq > self.rack_xmit_seq {
+                            (self.rack_xmit_seq, self.rack_sent_at) = (c.xmit_seq, c.sent_at);
+                        }
                         total_bytes_acked += n_bytes_acked;
                         if self.is_current_stream_data(c) {
                             *bytes_acked_per_stream
@@ -1976,23 +2015,7 @@ impl Association {
                     if c.is_outstanding() && c.miss_indicator < 3 {
                         c.miss_indicator += 1;
                         if c.miss_indicator == 3 && !self.in_fast_recovery {
-                            // 2)  If not in Fast Recovery, adjust the ssthresh and cwnd of the
-                            //     destination address(es) to which the missing DATA chunks were
-                            //     last sent, according to the formula described in Section 7.2.3.
-                            self.in_fast_recovery = true;
-                            self.fast_recover_exit_point = htna;
-                            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
-                            self.cwnd = self.ssthresh;
-                            self.partial_bytes_acked = 0;
-                            self.will_retransmit_fast = true;
-
-                            trace!(
-                                "[{}] updated cwnd={} ssthresh={} inflight={} (FR)",
-                                self.side,
-                                self.cwnd,
-                                self.ssthresh,
-                                self.inflight_queue.get_num_bytes()
-                            );
+                            self.enter_fast_recovery(htna);
                         }
                     }
                 } else {
@@ -2007,7 +2030,68 @@ impl Association {
             self.will_retransmit_fast = true;
         }
 
+        if self.detect_lost_by_transmission_order() {
+            if !self.in_fast_recovery {
+                self.enter_fast_recovery(self.my_next_tsn.wrapping_sub(1));
+            }
+            self.will_retransmit_fast = true;
+        }
+
         Ok(())
+    }
+
+    /// RFC 9260 7.2.4 2): if not in Fast Recovery, adjust the ssthresh and cwnd of the
+    /// destination according to the formula of Section 7.2.3, once per window of data.
+    fn enter_fast_recovery(&mut self, exit_point: u32) {
+        self.in_fast_recovery = true;
+        self.fast_recover_exit_point = exit_point;
+        self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+        self.cwnd = self.ssthresh;
+        self.partial_bytes_acked = 0;
+        self.will_retransmit_fast = true;
+
+        trace!(
+            "[{}] updated cwnd={} ssthresh={} inflight={} (FR)",
+            self.side,
+            self.cwnd,
+            self.ssthresh,
+            self.inflight_queue.get_num_bytes()
+        );
+    }
+
+    /// Loss detection by transmission order, after RFC 8985 (RACK) for TCP: an outstanding
+    /// chunk is lost once a chunk transmitted after it has been delivered, either
+    /// `RACK_REORDER_CHUNKS` transmissions later or a reordering window later in time.
+    /// Unlike gap reports (three SACKs, first transmissions only), this also repairs a lost
+    /// retransmission and the holes a tail-loss probe reveals, without waiting for T3-rtx.
+    /// Returns whether any chunk was newly deemed lost.
+    fn detect_lost_by_transmission_order(&mut self) -> bool {
+        if self.rack_xmit_seq == 0 {
+            return false;
+        }
+        let reo_wnd = Duration::from_millis((self.rto_mgr.srtt / 4).max(RACK_MIN_REO_WND_MS));
+        let (rack_seq, rack_at) = (self.rack_xmit_seq, self.rack_sent_at);
+        let mut newly_lost = false;
+        let mut tsn = self.cumulative_tsn_ack_point.wrapping_add(1);
+        while let Some(c) = self.inflight_queue.get_mut(tsn) {
+            tsn = tsn.wrapping_add(1);
+            if !c.is_outstanding() || c.lost || c.retransmit || c.nsent == 0 {
+                continue;
+            }
+            let by_order = c.xmit_seq + RACK_REORDER_CHUNKS <= rack_seq;
+            let by_time =
+                matches!((c.sent_at, rack_at), (Some(sent), Some(rack)) if sent + reo_wnd <= rack);
+            if by_order || by_time {
+                trace!("[{}] tsn={} lost (sent={})", self.side, c.tsn, c.nsent);
+                c.lost = true;
+                newly_lost = true;
+            } else if c.nsent == 1 {
+                // First transmissions go out in TSN order, and a retransmission of a
+                // later TSN went out later still: nothing beyond this one is lost.
+                break;
+            }
+        }
+        newly_lost
     }
 
     /// The caller must hold the lock. This method was only added because the
@@ -2034,6 +2118,8 @@ impl Association {
             self.will_send_shutdown_ack = true;
             self.set_state(AssociationState::ShutdownAckSent);
         }
+
+        self.arm_tail_loss_probe(now);
 
         if should_awake_write_loop {
             self.awake_write_loop();
@@ -2275,6 +2361,10 @@ impl Association {
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
+                raw_packets = self.gather_outbound_probe_packets(raw_packets, now);
+                if self.state() == AssociationState::Closed {
+                    return (vec![], false);
+                }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
                 (raw_packets, true)
@@ -2287,6 +2377,10 @@ impl Association {
                     return (vec![], false);
                 }
                 raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
+                if self.state() == AssociationState::Closed {
+                    return (vec![], false);
+                }
+                raw_packets = self.gather_outbound_probe_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
@@ -2334,6 +2428,17 @@ impl Association {
             self.timers
                 .start_if_idle(Timer::T3RTX, now, self.rto_mgr.get_rto());
 
+            let mut chunks = chunks;
+            // RFC 7053: when nothing more is queued, ask the peer to acknowledge the last
+            // packet at once rather than after its delayed-SACK timer (200 ms here), so
+            // that a lost tail is noticed within a tail-loss probe timeout.
+            self.tail_sack_requested = self.pending_queue.is_empty();
+            if self.tail_sack_requested
+                && let Some(last) = chunks.last_mut()
+            {
+                last.immediate_sack = true;
+            }
+            self.arm_tail_loss_probe(now);
             self.bundle_data_chunks_into_packets(chunks, &mut raw_packets);
         }
 
@@ -2410,6 +2515,11 @@ impl Association {
 
             let mut to_fast_retrans: Vec<ChunkPayloadData> = vec![];
             let mut fast_retrans_size = COMMON_HEADER_SIZE;
+            // RFC 9260 7.2.4 sends one packet per gap report. Chunks deemed lost by
+            // transmission order have left the network, so resending up to a window of
+            // them keeps the flight within cwnd while repairing several holes at once
+            // (RFC 6675's pipe does the same for TCP).
+            let budget = self.mtu.max(self.cwnd);
 
             let mut i = 0;
             loop {
@@ -2465,7 +2575,8 @@ impl Association {
                     // decisions.
                     let data_chunk_size =
                         (DATA_CHUNK_HEADER_SIZE + c.user_data.len() as u32).next_multiple_of(4);
-                    if self.mtu < fast_retrans_size + data_chunk_size {
+                    let limit = if c.lost { budget } else { self.mtu };
+                    if limit < fast_retrans_size + data_chunk_size {
                         break;
                     }
 
@@ -2483,6 +2594,9 @@ impl Association {
             for chunk in &mut to_fast_retrans {
                 if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                     c.nsent += 1;
+                    c.lost = false;
+                    self.next_xmit_seq += 1;
+                    (c.xmit_seq, c.sent_at) = (self.next_xmit_seq, Some(now));
                     chunk.nsent = c.nsent;
                     self.stats.inc_fast_retrans();
                     trace!(
@@ -2660,7 +2774,10 @@ impl Association {
         for chunk in &mut chunks {
             if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                 c.retransmit = false;
+                c.lost = false;
                 c.nsent += 1;
+                self.next_xmit_seq += 1;
+                (c.xmit_seq, c.sent_at) = (self.next_xmit_seq, Some(now));
                 chunk.nsent = c.nsent;
                 trace!(
                     "[{}] retransmitting tsn={} ssn={} sent={}",
@@ -3201,6 +3318,8 @@ impl Association {
             // RTT baseline only; maxPacketLifeTime measures from `created_at`.
             c.since = Some(now);
             c.nsent = 1; // being sent for the first time
+            self.next_xmit_seq += 1;
+            (c.xmit_seq, c.sent_at) = (self.next_xmit_seq, Some(now));
 
             trace!(
                 "[{}] sending ppi={} tsn={} ssn={} sent={} len={} ({},{})",
@@ -3296,6 +3415,93 @@ impl Association {
         self.awake_write_loop();
     }
 
+    /// Outstanding DATA has gone unacknowledged for about two round trips: the last
+    /// packets of a burst, or every SACK for them, may be lost, and no later packet will
+    /// make the peer report it. Resend the highest outstanding chunk with the I bit, so
+    /// that the peer acknowledges at once and any hole shows up in its SACK, where loss
+    /// detection by transmission order repairs it, instead of waiting for T3-rtx.
+    fn on_probe_timeout(&mut self) {
+        if self.t3_retransmit_pending || self.probe_outstanding || self.inflight_queue.is_empty() {
+            return;
+        }
+        self.will_send_probe = true;
+        self.probe_outstanding = true;
+        self.awake_write_loop();
+    }
+
+    /// (Re)arms the tail-loss probe two smoothed round trips from `now` while DATA is
+    /// outstanding (RFC 8985 7.2), unless no RTT is known yet, a probe is already out or
+    /// T3-rtx would fire first.
+    fn arm_tail_loss_probe(&mut self, now: Instant) {
+        self.timers.stop(Timer::Probe);
+        if self.inflight_queue.is_empty()
+            || self.probe_outstanding
+            || self.t3_retransmit_pending
+            || !self.rto_mgr.measured
+        {
+            return;
+        }
+        let mut pto = (2 * self.rto_mgr.srtt).max(PROBE_MIN_MS);
+        if !self.tail_sack_requested
+            && self.inflight_queue.get_num_bytes() <= self.max_payload_size as usize
+        {
+            // One packet in flight and no I bit on it: the peer acknowledges it only when
+            // its delayed-SACK timer fires, so wait that out too (RFC 8985's WCDelAckT).
+            pto += ACK_INTERVAL;
+        }
+        let at = now + Duration::from_millis(pto);
+        if self.timers.get(Timer::T3RTX).is_some_and(|t3| t3 <= at) {
+            return;
+        }
+        self.timers.set(Timer::Probe, Some(at));
+    }
+
+    fn gather_outbound_probe_packets(
+        &mut self,
+        mut raw_packets: Vec<Bytes>,
+        now: Instant,
+    ) -> Vec<Bytes> {
+        if !self.will_send_probe {
+            return raw_packets;
+        }
+        self.will_send_probe = false;
+        let mut tsn = self.my_next_tsn.wrapping_sub(1);
+        while sna32gt(tsn, self.cumulative_tsn_ack_point) {
+            if self
+                .inflight_queue
+                .get(tsn)
+                .is_some_and(ChunkPayloadData::is_outstanding)
+            {
+                match self.abandon_retransmit_candidate(tsn, now) {
+                    Ok(false) => {}
+                    Ok(true) => return raw_packets,
+                    Err(err) => {
+                        self.fail_message_queue(err);
+                        return vec![];
+                    }
+                }
+                let Some(c) = self.inflight_queue.get_mut(tsn) else {
+                    break;
+                };
+                c.nsent += 1;
+                c.lost = false;
+                self.next_xmit_seq += 1;
+                (c.xmit_seq, c.sent_at) = (self.next_xmit_seq, Some(now));
+                let mut probe = c.clone();
+                probe.immediate_sack = true;
+                self.stats.inc_probes();
+                trace!(
+                    "[{}] tail-loss probe: tsn={} sent={}",
+                    self.side, tsn, probe.nsent
+                );
+                self.bundle_data_chunks_into_packets(vec![probe], &mut raw_packets);
+                break;
+            }
+            tsn = tsn.wrapping_sub(1);
+        }
+        raw_packets
+    }
+
     fn on_retransmission_timeout(&mut self, timer_id: Timer, n_rtos: usize, now: Instant) {
         match timer_id {
             Timer::T1Init => {
@@ -3381,6 +3587,8 @@ impl Association {
 
                 self.inflight_queue.mark_all_to_retrasmit();
                 self.t3_retransmit_pending = true;
+                self.will_send_probe = false;
+                self.timers.stop(Timer::Probe);
                 self.awake_write_loop();
             }
 

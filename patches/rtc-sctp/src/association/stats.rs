@@ -6,6 +6,7 @@ pub struct AssociationStats {
     n_t3timeouts: u64,
     n_ack_timeouts: u64,
     n_fast_retrans: u64,
+    n_probes: u64,
 }
 
 impl AssociationStats {
@@ -59,6 +60,17 @@ impl AssociationStats {
         self.n_fast_retrans
     }
 
+    /// Counts one tail-loss probe.
+    pub fn inc_probes(&mut self) {
+        self.n_probes += 1;
+    }
+
+    /// The number of tail-loss probes: retransmissions sent because outstanding DATA went
+    /// unacknowledged for about two round trips.
+    pub fn get_num_probes(&mut self) -> u64 {
+        self.n_probes
+    }
+
     /// Zeroes every counter.
     pub fn reset(&mut self) {
         self.n_datas = 0;
@@ -66,5 +78,6 @@ impl AssociationStats {
         self.n_t3timeouts = 0;
         self.n_ack_timeouts = 0;
         self.n_fast_retrans = 0;
+        self.n_probes = 0;
     }
 }

@@ -4,7 +4,7 @@ pub(crate) const ACK_INTERVAL: u64 = 200;
 const MAX_INIT_RETRANS: usize = 8;
 const PATH_MAX_RETRANS: usize = 5;
 const NO_MAX_RETRANS: usize = usize::MAX;
-const TIMER_COUNT: usize = 6;
+const TIMER_COUNT: usize = 7;
 
 #[derive(Debug, Copy, Clone)]
 /// Retransmission limits for the association's timers.
@@ -73,6 +73,9 @@ pub(crate) enum Timer {
     T3RTX = 3,
     Reconfig = 4,
     Ack = 5,
+    /// Tail-loss probe (RFC 8985 section 7, adapted): fires when outstanding DATA has been
+    /// unacknowledged for about two round trips, well before T3-rtx.
+    Probe = 6,
 }
 
 impl Timer {
@@ -83,6 +86,7 @@ impl Timer {
         Timer::T3RTX,
         Timer::Reconfig,
         Timer::Ack,
+        Timer::Probe,
     ];
 }
 
@@ -115,6 +119,7 @@ impl TimerTable {
                 time_config.max_t3_rtx_retrans,      //T3RTX
                 time_config.max_reconfig_retrans,    //Reconfig
                 time_config.max_ack_retrans,         //Ack
+                NO_MAX_RETRANS,                      //Probe
             ],
             shutdown_interval: None,
             reconfig_interval: None,
@@ -151,7 +156,7 @@ impl TimerTable {
             // compound T3 backoff nor apply this control timer's backoff twice.
             // See RFC 9260 9.2 and RFC 6525 5.1.1.
             *current.get_or_insert(interval)
-        } else if matches!(timer, Timer::Ack | Timer::T3RTX) {
+        } else if matches!(timer, Timer::Ack | Timer::T3RTX | Timer::Probe) {
             interval
         } else {
             calculate_next_timeout(interval, self.retrans[timer as usize], self.rto_max)
@@ -218,6 +223,9 @@ pub(crate) struct RtoManager {
     pub(crate) rttvar: f64,
     pub(crate) rto: u64,
     pub(crate) no_update: bool,
+    /// An RTT has been measured (`srtt` alone cannot tell: it counts whole milliseconds,
+    /// so a LAN's round trip reads 0).
+    pub(crate) measured: bool,
     rto_initial: u64,
     rto_min: u64,
     rto_max: u64,
@@ -243,6 +251,7 @@ impl RtoManager {
             rttvar: 0.0,
             rto: rto_initial,
             no_update: false,
+            measured: false,
             rto_initial,
             rto_min,
             rto_max,
@@ -254,6 +263,7 @@ impl RtoManager {
         if self.no_update {
             return self.srtt;
         }
+        self.measured = true;
 
         if self.srtt == 0 {
             // First measurement
@@ -301,6 +311,7 @@ impl RtoManager {
 
         self.srtt = 0;
         self.rttvar = 0.0;
+        self.measured = false;
         self.rto = self.rto_initial;
     }
 

@@ -176,6 +176,16 @@ pub struct ChunkPayloadData {
     /// Retransmission flag set when T1-RTX timeout occurred and this
     /// chunk is still in the inflight queue
     pub(crate) retransmit: bool,
+
+    /// Position of this chunk's latest transmission in the association's order of
+    /// transmissions (first sends and retransmissions alike), for loss detection by
+    /// transmission order (RFC 8985 RACK, adapted to SCTP).
+    pub(crate) xmit_seq: u64,
+    /// When this chunk was last transmitted (unlike `since`, retransmissions count).
+    pub(crate) sent_at: Option<Instant>,
+    /// Deemed lost by transmission order (a chunk sent after its latest transmission was
+    /// acknowledged); cleared when it is retransmitted.
+    pub(crate) lost: bool,
 }
 
 impl Default for ChunkPayloadData {
@@ -200,6 +210,9 @@ impl Default for ChunkPayloadData {
             nsent: 0,
             abandoned: false,
             retransmit: false,
+            xmit_seq: 0,
+            sent_at: None,
+            lost: false,
         }
     }
 }
@@ -285,6 +298,9 @@ impl Chunk for ChunkPayloadData {
             nsent: 0,
             abandoned: false,
             retransmit: false,
+            xmit_seq: 0,
+            sent_at: None,
+            lost: false,
         })
     }
 
@@ -324,8 +340,11 @@ impl ChunkPayloadData {
         !self.acknowledged && !self.abandoned
     }
 
+    /// Reported missing by three SACKs (RFC 9260 7.2.4, first transmissions only) or deemed
+    /// lost by transmission order (any transmission, so a lost retransmission is repaired
+    /// too).
     pub(crate) fn is_fast_retransmit_candidate(&self) -> bool {
-        self.is_outstanding() && self.nsent == 1 && self.miss_indicator >= 3
+        self.is_outstanding() && (self.lost || (self.nsent == 1 && self.miss_indicator >= 3))
     }
 
     /// Record peer progress without changing payload ownership.
@@ -333,6 +352,7 @@ impl ChunkPayloadData {
         let newly_acknowledged = !self.acknowledged;
         self.acknowledged = true;
         self.retransmit = false;
+        self.lost = false;
         newly_acknowledged
     }
 
