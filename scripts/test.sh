@@ -31,8 +31,10 @@ mapfile -t par < <(test_args "${parallel[@]}")
 mapfile -t ser < <(test_args "${serial[@]}" "${native_only[@]}")
 mapfile -t ser_arm < <(test_args "${serial[@]}")
 
-echo "== tests: the patched rtc-sctp's own unit tests (patches/SCTP-RTO.md)"
-CARGO_TARGET_DIR=target/patches cargo test --locked --manifest-path patches/rtc-sctp/Cargo.toml --lib 2>&1 | tail -3
+echo "== tests: the patched rtc-sctp's and rtc-dtls's own unit tests (patches/SCTP-RTO.md)"
+for crate in rtc-sctp rtc-dtls; do
+  CARGO_TARGET_DIR=target/patches cargo test --locked --manifest-path "patches/$crate/Cargo.toml" --lib 2>&1 | tail -3
+done
 
 echo "== tests: native ($(uname -m))"
 {
