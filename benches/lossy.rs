@@ -19,7 +19,8 @@
 //!    coturn): 16 MiB GET, target >= 0.5 x the direct lossless GET of part 2.
 //!
 //! Run: cargo bench --bench lossy   (DDC_LOSSY_PARTS=123456 picks parts;
-//! DDC_LOSSY_STDERR=FILE appends the library client's log, RUST_LOG applies, for diagnosis)
+//! DDC_LOSSY_STDERR=FILE appends the library client's log, RUST_LOG applies, and
+//! DDC_LOSSY_AGENT_LOG=FILTER sets the relayed node's log filter in part 6, for diagnosis)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -424,6 +425,9 @@ fn main() {
         {
             c.args(["--set", &s]);
         }
+        if let Ok(filter) = std::env::var("DDC_LOSSY_AGENT_LOG") {
+            c.env("RUST_LOG", filter);
+        }
         let home1 = h.home1.clone();
         h.lab
             .spawn(&home1, &c)
@@ -446,10 +450,41 @@ fn main() {
         let (put, o) = run(&["put", f.to_str().unwrap(), "--to", &id]);
         let fid = stdout(&o).lines().last().unwrap().trim().to_string();
         let out = b.work.path().join("turn.out");
+        for ns in [&h.public, &h.home1, &h.home2] {
+            h.lab.sh(ns, "nstat -n");
+        }
         let gets: Vec<Duration> = (0..3)
             .map(|_| run(&["get", &fid, "-o", out.to_str().unwrap(), "--from", &id]).0)
             .collect();
         let get = quantile(&gets, 0.5);
+        // Datagrams dropped for want of socket buffer during the GETs, per namespace: the
+        // relay's loss, which congestion control answers by slowing down.
+        let drops: Vec<String> = [
+            ("public", &h.public),
+            ("home1", &h.home1),
+            ("home2", &h.home2),
+        ]
+        .into_iter()
+        .map(|(name, ns)| {
+            let out = h.lab.sh(ns, "nstat -az UdpRcvbufErrors UdpSndbufErrors");
+            let n = |key: &str| {
+                out.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            format!(
+                "{name} rcvbuf {} sndbuf {}",
+                n("UdpRcvbufErrors"),
+                n("UdpSndbufErrors")
+            )
+        })
+        .collect();
+        println!(
+            "6. UDP buffer drops during the relayed GETs: {}",
+            drops.join(", ")
+        );
         let relay = mbps(16 * MIB, get);
         println!(
             "6. through the node's TURN relay (client behind a symmetric NAT): 16 MiB GET (median of 3) {relay:.1} MB/s ({:.2} s), PUT {:.1} MB/s{}",

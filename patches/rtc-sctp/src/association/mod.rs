@@ -794,6 +794,15 @@ impl Association {
                 self.side,
                 self.stats.get_num_fast_retrans()
             );
+            debug!(
+                "[{}] stats nProbes     : {}",
+                self.side,
+                self.stats.get_num_probes()
+            );
+            debug!(
+                "[{}] stats srtt={} ms cwnd={} ssthresh={} rwnd={}",
+                self.side, self.rto_mgr.srtt, self.cwnd, self.ssthresh, self.rwnd
+            );
         }
 
         Ok(())
