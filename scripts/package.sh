@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 
 target=${1:?usage: scripts/package.sh TARGET (aarch64-unknown-linux-gnu or armv7-unknown-linux-gnueabihf)}
 case "$target" in
-  aarch64-unknown-linux-gnu) arch=arm64 board=rpi4 objdump=aarch64-linux-gnu-objdump ;;
-  armv7-unknown-linux-gnueabihf) arch=armhf board=rpi-armv7 objdump=arm-linux-gnueabihf-objdump ;;
+  aarch64-unknown-linux-gnu) arch=arm64 board=rpi4 objdump=aarch64-linux-gnu-objdump qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu) ;;
+  armv7-unknown-linux-gnueabihf) arch=armhf board=rpi-armv7 objdump=arm-linux-gnueabihf-objdump qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) ;;
   *) echo "error: unsupported target $target" >&2; exit 2 ;;
 esac
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -31,6 +31,19 @@ install -D -m 0644 packaging/debian/copyright "$root/usr/share/doc/ddc-edge/copy
 install -D -m 0644 README.md "$root/usr/share/doc/ddc-edge/README.md"
 for d in docs/*.md; do install -D -m 0644 "$d" "$root/usr/share/doc/ddc-edge/$d"; done
 install -D -m 0644 packaging/mosquitto/ddc-edge.acl "$root/usr/share/doc/ddc-edge/examples/mosquitto.acl"
+# Shell completions and the man page, from the packaged binary itself (under qemu-user),
+# so they always match the options it has.
+"${qemu[@]}" "$bin" completions bash > "$stage/ddc-edge.bash"
+"${qemu[@]}" "$bin" completions zsh > "$stage/_ddc-edge"
+"${qemu[@]}" "$bin" completions fish > "$stage/ddc-edge.fish"
+"${qemu[@]}" "$bin" man --dir "$stage/man1"
+install -D -m 0644 "$stage/ddc-edge.bash" "$root/usr/share/bash-completion/completions/ddc-edge"
+install -D -m 0644 "$stage/_ddc-edge" "$root/usr/share/zsh/vendor-completions/_ddc-edge"
+install -D -m 0644 "$stage/ddc-edge.fish" "$root/usr/share/fish/vendor_completions.d/ddc-edge.fish"
+for page in "$stage"/man1/*.1; do
+  gzip -9n < "$page" > "$page.gz"
+  install -D -m 0644 "$page.gz" "$root/usr/share/man/man1/$(basename "$page").gz"
+done
 mkdir -p "$root/DEBIAN"
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$root/DEBIAN/"
 echo /etc/ddc-edge/config.toml > "$root/DEBIAN/conffiles"

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   python3 python3-venv
   chromium
   iproute2 iptables coturn
+  groff-base
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 

@@ -23,7 +23,9 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   [ "$(dpkg-deb -f "$deb" Version)" = "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" ] || fail "$deb: version"
   files=$(dpkg-deb -c "$deb")
   for f in ./usr/bin/ddc-edge ./etc/ddc-edge/config.toml ./lib/systemd/system/ddc-edge.service \
-           ./usr/lib/sysctl.d/60-ddc-edge.conf ./usr/share/doc/ddc-edge/copyright ./usr/share/doc/ddc-edge/docs/deploy.md; do
+           ./usr/lib/sysctl.d/60-ddc-edge.conf ./usr/share/doc/ddc-edge/copyright ./usr/share/doc/ddc-edge/docs/deploy.md \
+           ./usr/share/man/man1/ddc-edge.1.gz ./usr/share/bash-completion/completions/ddc-edge \
+           ./usr/share/zsh/vendor-completions/_ddc-edge ./usr/share/fish/vendor_completions.d/ddc-edge.fish; do
     grep -q " $f\$" <<<"$files" || fail "$deb lacks $f"
   done
   grep -q 'root/root .* ./usr/bin/ddc-edge$' <<<"$files" || fail "$deb: files must be owned by root"
@@ -50,6 +52,13 @@ run init --board rpi4 --out "$root/tmp-init/config.toml"
 run check-config --config "$root/tmp-init/config.toml"
 run init --board rpi4 --out "$root/tmp-init/config.toml" 2>&1 | grep -q "nothing to do" || fail "init is not idempotent"
 grep -q '^open_writes = false' "$root/etc/ddc-edge/config.toml" || fail "the shipped config must be closed for writes"
+bash -n "$root/usr/share/bash-completion/completions/ddc-edge" || fail "the bash completions do not parse"
+grep -q ' ctl ' "$root/usr/share/bash-completion/completions/ddc-edge" || fail "the bash completions lack ctl"
+[ -f "$root/usr/share/man/man1/ddc-edge-ctl.1.gz" ] || fail "no man page for ddc-edge ctl"
+for page in "$root"/usr/share/man/man1/ddc-edge*.1.gz; do
+  warnings=$(zcat "$page" | groff -man -Tutf8 -ww -z 2>&1) || fail "$page does not render"
+  [ -z "$warnings" ] || fail "$page renders with warnings: $warnings"
+done
 
 echo "== systemd-analyze verify"
 # The unit as shipped, with ExecStart pointed at the extracted binary (verify checks that

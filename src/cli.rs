@@ -5,7 +5,7 @@
 
 use crate::boards::{BOARDS, Board};
 use crate::config::{self, Config, ConfigError, LoadedConfig, Overrides};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -148,6 +148,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions to stdout, e.g. `ddc-edge completions bash >
+    /// /etc/bash_completion.d/ddc-edge` (the .deb installs them for bash, zsh and fish).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. `ddc-edge man | man -l -`, or write it and
+    /// one page per subcommand (ddc-edge-run.1, ...) into a directory (the .deb installs
+    /// them all in section 1).
+    Man {
+        /// Write ddc-edge.1 and every ddc-edge-SUBCOMMAND.1 here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,6 +277,23 @@ pub fn main() -> ExitCode {
             print_boards();
             ExitCode::SUCCESS
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ddc-edge",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => exit_with(match dir {
+            Some(dir) => std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", dir.display())),
+            None => clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(Into::into),
+        }),
         Command::Store { command, config } => {
             with_config(&config, |loaded| store_command(&loaded.config, command))
         }

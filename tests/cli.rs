@@ -35,6 +35,73 @@ fn help_lists_every_command() {
     }
 }
 
+/// The subcommands an operator types most: completions and the man page must know them.
+const COMMANDS: &[&str] = &["run", "check-config", "init", "put", "get", "ctl", "store"];
+
+#[test]
+fn completions_cover_every_shell_and_command() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "completions {shell}: {}", stderr(&o));
+        let out = stdout(&o);
+        for cmd in COMMANDS {
+            assert!(out.contains(cmd), "{shell} completions lack {cmd}");
+        }
+    }
+    // The bash script is loaded into every interactive shell: it must at least parse.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("ddc-edge.bash");
+    std::fs::write(&script, stdout(&run(&["completions", "bash"]))).unwrap();
+    let o = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(o.status.success(), "bash -n: {}", stderr(&o));
+    let o = run(&["completions", "tcsh"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn man_page_renders_and_names_every_command() {
+    let o = run(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let roff = stdout(&o);
+    assert!(roff.contains(".TH ddc-edge"), "not a man page:\n{roff}");
+    for cmd in COMMANDS {
+        // roff escapes hyphens; the SUBCOMMANDS section names each subcommand's page.
+        let page = format!("ddc\\-edge\\-{}(1)", cmd.replace('-', "\\-"));
+        assert!(roff.contains(&page), "man page lacks {page}");
+    }
+    // groff (installed by scripts/prereqs.sh) renders it without warnings.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("ddc-edge.1");
+    std::fs::write(&page, &roff).unwrap();
+    let o = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&page)
+        .output()
+        .expect("groff is missing: run scripts/prereqs.sh");
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "groff: {}",
+        stderr(&o)
+    );
+    // --dir writes the pages the SUBCOMMANDS section refers to.
+    let o = run(&["man", "--dir", dir.path().join("man1").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for cmd in COMMANDS {
+        let page = dir.path().join(format!("man1/ddc-edge-{cmd}.1"));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{page:?}: {e}"));
+        assert!(text.contains(".TH ddc-edge-"), "{page:?} is not a man page");
+    }
+    assert!(dir.path().join("man1/ddc-edge.1").exists());
+}
+
 /// Each bad config is rejected with exit code 2 and a message naming the file and key.
 #[test]
 fn check_config_rejects_bad_configs_naming_the_key() {
