@@ -33,10 +33,7 @@ pub enum IdentityError {
 /// `node_id` for a public key.
 pub fn node_id_of(public_key: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, public_key);
-    d.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&d.as_ref()[..12])
 }
 
 /// Checks an Ed25519 signature.
@@ -139,7 +136,7 @@ impl Identity {
     }
 
     pub fn public_key_hex(&self) -> String {
-        self.public_key.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.public_key)
     }
 
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {

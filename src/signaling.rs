@@ -83,18 +83,10 @@ pub enum Rejected {
     Replayed,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
+/// Only hex digits: the `hex` crate, not `u8::from_str_radix`, which also takes a sign
+/// ("+a"), so one key or signature could be spelt several ways.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(s).ok()
 }
 
 impl Envelope {
@@ -134,12 +126,12 @@ impl Envelope {
             to: to.to_string(),
             session: session.to_string(),
             reply_to: reply_to.to_string(),
-            nonce: hex(&nonce),
+            nonce: hex::encode(nonce),
             exp: now_unix + TTL_S,
             body,
             sig: String::new(),
         };
-        e.sig = hex(&id.sign(&e.signed_bytes()));
+        e.sig = hex::encode(id.sign(&e.signed_bytes()));
         e
     }
 
@@ -344,6 +336,36 @@ mod tests {
             Envelope::open(b"{}", b.node_id(), now, &mut g),
             Err(Rejected::Malformed(_))
         ));
+        // Hex fields are hex: u8::from_str_radix took "+a" for 0x0a, so the same key or
+        // signature had several spellings. A signer whose key, and a message whose
+        // signature, have a byte below 0x10 (whose "0" can become "+"):
+        let low = |s: &str| (0..s.len()).step_by(2).find(|&i| s.as_bytes()[i] == b'0');
+        let plus = |s: &str| {
+            let i = low(s).unwrap();
+            format!("{}+{}", &s[..i], &s[i + 1..])
+        };
+        let d = tempfile::tempdir().unwrap();
+        let e2 = (0..)
+            .find_map(|n| {
+                let id = Identity::load_or_create(&d.path().join(format!("k{n}"))).unwrap();
+                let e = Envelope::sign(&id, Kind::Offer, b.node_id(), "s", "r", "sdp".into(), now);
+                (low(&e.public_key).is_some() && low(&e.sig).is_some()).then_some(e)
+            })
+            .unwrap();
+        let mut t = e2.clone();
+        t.sig = plus(&e2.sig);
+        assert_eq!(
+            Envelope::open(&t.to_json(), b.node_id(), now, &mut g),
+            Err(Rejected::BadSignature)
+        );
+        let mut t = e2.clone();
+        t.public_key = plus(&e2.public_key);
+        assert!(matches!(
+            Envelope::open(&t.to_json(), b.node_id(), now, &mut g),
+            Err(Rejected::Malformed(_))
+        ));
+        assert!(Envelope::open(&e2.to_json(), b.node_id(), now, &mut g).is_ok());
+
         // The untampered message still opens: failed checks did not burn its nonce.
         assert!(Envelope::open(&e.to_json(), b.node_id(), now, &mut g).is_ok());
     }

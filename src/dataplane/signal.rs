@@ -167,5 +167,5 @@ pub fn new_session_id() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }

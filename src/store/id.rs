@@ -74,26 +74,20 @@ impl FromStr for ChunkId {
         if s.len() != 64 {
             return Err(err("expected 64 hex characters (a SHA-256)"));
         }
-        let mut out = [0u8; 32];
-        for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-            let nib = |c: u8| match c {
-                b'0'..=b'9' => Ok(c - b'0'),
-                b'a'..=b'f' => Ok(c - b'a' + 10),
-                b'A'..=b'F' => Err(err("hex must be lowercase")),
-                _ => Err(err("expected only the characters 0-9 and a-f")),
-            };
-            out[i] = nib(pair[0])? << 4 | nib(pair[1])?;
+        // Lowercase only: an ID is also a file name, and one chunk must have one name.
+        if s.bytes().any(|c| matches!(c, b'A'..=b'F')) {
+            return Err(err("hex must be lowercase"));
         }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| err("expected only the characters 0-9 and a-f"))?;
         Ok(ChunkId(out))
     }
 }
 
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
