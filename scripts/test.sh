@@ -31,9 +31,12 @@ mapfile -t par < <(test_args "${parallel[@]}")
 mapfile -t ser < <(test_args "${serial[@]}" "${native_only[@]}")
 mapfile -t ser_arm < <(test_args "${serial[@]}")
 
-echo "== tests: the patched rtc-sctp's and rtc-dtls's own unit tests (patches/SCTP-RTO.md)"
-for crate in rtc-sctp rtc-dtls; do
-  CARGO_TARGET_DIR=target/patches cargo test --locked --manifest-path "patches/$crate/Cargo.toml" --lib 2>&1 | tail -3
+echo "== tests: the patched rtc-sctp's, rtc-dtls's and webrtc's own unit tests (patches/SCTP-RTO.md)"
+# webrtc's tests that run the whole stack on a virtual clock need its mock runtime.
+for crate in rtc-sctp rtc-dtls webrtc; do
+  features=()
+  [[ $crate == webrtc ]] && features=(--features runtime-mock)
+  CARGO_TARGET_DIR=target/patches cargo test --locked --manifest-path "patches/$crate/Cargo.toml" --lib "${features[@]}" 2>&1 | tail -3
 done
 
 echo "== tests: native ($(uname -m))"
