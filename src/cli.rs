@@ -125,6 +125,26 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// The fleet as a table, from what every node keeps retained on the broker: node,
+    /// name, online, throttle level and why, CPU temperature, battery, disk used/offered,
+    /// replication queue and budget, version, last seen. A health message not signed by
+    /// its node is shown as a forgery, never as the node's figures.
+    ///
+    /// Examples: `ddc-edge nodes`, `ddc-edge nodes --watch`,
+    /// `ddc-edge nodes --json | jq '.[] | select(.level != "full")'`.
+    Nodes {
+        /// Print JSON: an array of nodes (with --watch, one array per line, per change).
+        #[arg(long)]
+        json: bool,
+        /// Keep running and print the fleet again whenever it changes (Ctrl-C ends).
+        #[arg(long)]
+        watch: bool,
+        /// How long to wait for the broker and its retained messages.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        timeout: crate::units::HumanDuration,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Fleet membership: make the fleet key, enroll nodes (docs/deploy.md, "Fleet
     /// membership").
     Fleet {
@@ -358,6 +378,16 @@ pub fn main() -> ExitCode {
             let args = crate::ctl::parse_args(args)?;
             client_runtime(&loaded.config, |cfg| async move {
                 crate::ctl::run(&cfg, &key, target, verb, args, timeout.0, json).await
+            })
+        }),
+        Command::Nodes {
+            json,
+            watch,
+            timeout,
+            config,
+        } => with_config(&config, |loaded| {
+            client_runtime(&loaded.config, |cfg| async move {
+                crate::nodes::run(&cfg, json, watch, timeout.0).await
             })
         }),
         Command::Fleet { command } => exit_with(fleet_command(command)),

@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod logging;
 pub mod mqtt;
+pub mod nodes;
 pub mod protocol;
 pub mod replication;
 pub mod sdnotify;

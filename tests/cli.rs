@@ -36,7 +36,16 @@ fn help_lists_every_command() {
 }
 
 /// The subcommands an operator types most: completions and the man page must know them.
-const COMMANDS: &[&str] = &["run", "check-config", "init", "put", "get", "ctl", "store"];
+const COMMANDS: &[&str] = &[
+    "run",
+    "check-config",
+    "init",
+    "put",
+    "get",
+    "ctl",
+    "nodes",
+    "store",
+];
 
 #[test]
 fn completions_cover_every_shell_and_command() {

@@ -485,3 +485,119 @@ fn tls_to_the_broker_with_a_ca_made_by_the_test() {
         "{line}"
     );
 }
+
+/// `ddc-edge nodes` against a fleet of two: both nodes with their figures as JSON and as
+/// a table, a forged health on the broker shown as a forgery (not as a node's figures),
+/// and `--watch` printing again when a node dies (its last will).
+#[test]
+fn nodes_shows_the_fleet_and_watches_it_change() {
+    let m = Mosquitto::start();
+    let a = node(&m, &[]);
+    let b = node(&m, &[]);
+    let mut p = ready_probe(&m, &a.id, &[&topic(&b.id, "status"), "ddc/nodes/+/health"]);
+    for id in [&a.id, &b.id] {
+        p.wait("health", T, |x| x.topic == topic(id, "health"));
+    }
+    p.wait("b online", T, |x| {
+        x.topic == topic(&b.id, "status") && x.text() == "online"
+    });
+    // Someone without the node's key publishes a health for an ID.
+    let ghost = "0123456789abcdef01234567";
+    p.publish(&topic(ghost, "status"), "online", true);
+    p.publish(
+        &topic(ghost, "health"),
+        r#"{"name":"ghost","level":"full","disk":{"offered_bytes":1000000000000}}"#,
+        true,
+    );
+    p.wait("the forgery, retained", T, |x| {
+        x.topic == topic(ghost, "health")
+    });
+
+    let nodes = |extra: &[&str]| {
+        let o = bin()
+            .args(["nodes", "--config", "/dev/null", "--broker", &m.url()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let rows: Vec<Value> = serde_json::from_str(&nodes(&["--json"])).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for id in [&a.id, &b.id] {
+        let r = rows.iter().find(|r| r["node_id"] == id.as_str()).unwrap();
+        assert_eq!(r["online"], true, "{r}");
+        assert_eq!(r["level"], "full", "{r}");
+        assert_eq!(r["cpu_temp_c"], 48.3, "{r}");
+        assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
+        assert!(r["disk_offered_bytes"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["last_seen_s"].as_u64().unwrap() < 60, "{r}");
+        assert_eq!(r["refused"], Value::Null, "{r}");
+    }
+    let g = rows.iter().find(|r| r["node_id"] == ghost).unwrap();
+    assert!(
+        g["refused"]
+            .as_str()
+            .unwrap()
+            .starts_with("forged health ignored"),
+        "{g}"
+    );
+    assert_eq!(
+        g["name"],
+        Value::Null,
+        "the forgery's figures were shown: {g}"
+    );
+    assert_eq!(g["disk_offered_bytes"], Value::Null, "{g}");
+
+    let table = nodes(&[]);
+    assert!(table.starts_with("NODE"), "{table}");
+    let line = table.lines().find(|l| l.starts_with(&a.id[..12])).unwrap();
+    for cell in ["yes", "full", "48.3°C", env!("CARGO_PKG_VERSION")] {
+        assert!(line.contains(cell), "{cell:?} missing from {line:?}");
+    }
+
+    // --watch: a line per change; b's last will shows up as offline.
+    let mut w = bin()
+        .args([
+            "nodes",
+            "--watch",
+            "--json",
+            "--config",
+            "/dev/null",
+            "--broker",
+            &m.url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<Value>>();
+    let out = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let b_online = |rows: &[Value]| {
+        rows.iter()
+            .find(|r| r["node_id"] == b.id.as_str())
+            .map(|r| r["online"].clone())
+    };
+    let first = rx.recv_timeout(T).expect("a first view");
+    assert_eq!(b_online(&first), Some(Value::Bool(true)));
+    b.agent.signal(libc::SIGKILL);
+    let deadline = Instant::now() + T;
+    loop {
+        let view = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a view with b offline");
+        if b_online(&view) == Some(Value::Bool(false)) {
+            break;
+        }
+    }
+    w.kill().unwrap();
+    w.wait().unwrap();
+    drop(a);
+}
