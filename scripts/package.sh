@@ -31,6 +31,7 @@ install -D -m 0644 packaging/debian/copyright "$root/usr/share/doc/ddc-edge/copy
 install -D -m 0644 README.md "$root/usr/share/doc/ddc-edge/README.md"
 for d in docs/*.md; do install -D -m 0644 "$d" "$root/usr/share/doc/ddc-edge/$d"; done
 install -D -m 0644 packaging/mosquitto/ddc-edge.acl "$root/usr/share/doc/ddc-edge/examples/mosquitto.acl"
+install -D -m 0644 packaging/grafana/ddc-edge-fleet.json "$root/usr/share/doc/ddc-edge/examples/grafana-dashboard.json"
 # Shell completions and the man page, from the packaged binary itself (under qemu-user),
 # so they always match the options it has.
 "${qemu[@]}" "$bin" completions bash > "$stage/ddc-edge.bash"

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   chromium
   iproute2 iptables coturn
   groff-base
+  prometheus
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 
@@ -34,7 +35,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # mosquitto's package starts a system broker on 1883; the tests start their own on free
-# ports, so the system one is neither needed nor in the way.
+# ports, so the system one is neither needed nor in the way. prometheus is there for
+# promtool (tests/mqtt.rs checks the agent's /metrics with it); its server is not used.
 
 # Python peer for the interop test (aiortc), in a venv under target/ so the system
 # Python is left alone. Pinned to the versions the test was written against.

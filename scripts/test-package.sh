@@ -25,7 +25,8 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   for f in ./usr/bin/ddc-edge ./etc/ddc-edge/config.toml ./lib/systemd/system/ddc-edge.service \
            ./usr/lib/sysctl.d/60-ddc-edge.conf ./usr/share/doc/ddc-edge/copyright ./usr/share/doc/ddc-edge/docs/deploy.md \
            ./usr/share/man/man1/ddc-edge.1.gz ./usr/share/bash-completion/completions/ddc-edge \
-           ./usr/share/zsh/vendor-completions/_ddc-edge ./usr/share/fish/vendor_completions.d/ddc-edge.fish; do
+           ./usr/share/zsh/vendor-completions/_ddc-edge ./usr/share/fish/vendor_completions.d/ddc-edge.fish \
+           ./usr/share/doc/ddc-edge/examples/grafana-dashboard.json; do
     grep -q " $f\$" <<<"$files" || fail "$deb lacks $f"
   done
   grep -q 'root/root .* ./usr/bin/ddc-edge$' <<<"$files" || fail "$deb: files must be owned by root"

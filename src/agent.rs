@@ -360,6 +360,24 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         )
         .await?;
     }
+    if let Some(listen) = cfg.metrics.listen_addr() {
+        let (controller, connected, reconnects) = (
+            Arc::clone(&controller),
+            mqtt.connected.clone(),
+            Arc::clone(&mqtt.reconnects),
+        );
+        crate::metrics::serve(
+            listen,
+            Arc::new(move || {
+                let state = crate::metrics::MqttState {
+                    connected: *connected.borrow(),
+                    reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
+                };
+                (controller.health(), state)
+            }),
+        )
+        .await?;
+    }
     crate::sdnotify::ready();
     spawn_watchdog(&controller, cfg.sensors.interval.0);
     info!(node_id = identity.node_id(), "ddc-edge running");

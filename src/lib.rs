@@ -21,6 +21,7 @@ pub mod fleet;
 pub mod fsutil;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod nodes;
 pub mod protocol;

@@ -218,6 +218,29 @@ impl Decision {
     pub fn reason_strings(&self) -> Vec<String> {
         self.reasons.iter().map(|r| r.to_string()).collect()
     }
+
+    /// Reasons as stable codes without figures, for metrics labels and scripts.
+    pub fn reason_codes(&self) -> Vec<&'static str> {
+        self.reasons.iter().map(Reason::code).collect()
+    }
+}
+
+impl Reason {
+    /// The kind of reason, without its figures: stable across readings, so a metrics
+    /// label made from it does not start a new series at every tenth of a degree.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::TempHigh { .. } => "temp_high",
+            Reason::TempCooling { .. } => "temp_cooling",
+            Reason::TempUnknown { .. } => "temp_unknown",
+            Reason::BatteryLow { .. } => "battery_low",
+            Reason::BatteryRecovering { .. } => "battery_recovering",
+            Reason::BatteryUnknown { .. } => "battery_unknown",
+            Reason::Undervoltage => "undervoltage",
+            Reason::Dwell { .. } => "dwell",
+            Reason::Forced { .. } => "forced",
+        }
+    }
 }
 
 /// An operator's forced level.

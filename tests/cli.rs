@@ -127,6 +127,16 @@ fn check_config_rejects_bad_configs_naming_the_key() {
             "storage.qouta: unknown key",
         ),
         (
+            "metrics address",
+            "[metrics]\nlisten = \"9464\"\n",
+            "metrics.listen: expected an address like \"127.0.0.1:9464\"",
+        ),
+        (
+            "metrics on the page's port",
+            "[web]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n",
+            "metrics.listen: 127.0.0.1:8080 is also web.listen",
+        ),
+        (
             "unknown section",
             "[stroage]\nquota = \"1GiB\"\n",
             "stroage: unknown key",

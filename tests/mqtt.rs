@@ -601,3 +601,81 @@ fn nodes_shows_the_fleet_and_watches_it_change() {
     w.wait().unwrap();
     drop(a);
 }
+
+/// One HTTP/1.1 GET on loopback: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// `metrics.listen` serves the node's figures in Prometheus' text format: promtool (the
+/// real one, Debian's prometheus package) accepts the exposition, and the values are the
+/// node's (the fixture board's 48.3 °C, its level, the MQTT connection).
+#[test]
+fn the_metrics_endpoint_passes_promtool() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("promtool is not installed: run scripts/prereqs.sh (Debian package prometheus)");
+    let m = Mosquitto::start();
+    let port = common::mosquitto::free_port();
+    let mut n = node(&m, &[&format!("metrics.listen=127.0.0.1:{port}")]);
+    n.agent.wait_for("Prometheus metrics", T);
+    ready_probe(&m, &n.id, &[]);
+    let (status, body) = http_get(port, "/metrics");
+    assert!(status.contains("200"), "{status}");
+
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let o = check.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{body}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    let value = |sample: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {sample} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("ddc_edge_cpu_temperature_celsius"), 48.3);
+    assert_eq!(value("ddc_edge_throttle_level{level=\"full\"}"), 1.0);
+    assert_eq!(value("ddc_edge_throttle_level{level=\"paused\"}"), 0.0);
+    assert_eq!(value("ddc_edge_mqtt_connected"), 1.0);
+    assert_eq!(value("ddc_edge_mqtt_reconnects_total"), 0.0);
+    assert!(value("ddc_edge_store_offered_bytes") > 0.0);
+    assert!(body.contains("# TYPE ddc_edge_dataplane_egress_bytes_total counter"));
+    assert!(
+        body.contains(&format!(
+            "ddc_edge_build_info{{version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    // Only /metrics, only GET.
+    assert!(http_get(port, "/").0.contains("404"));
+}

@@ -39,6 +39,24 @@ pub struct Config {
     pub replication: ReplicationSection,
     pub fleet: FleetSection,
     pub web: WebSection,
+    pub metrics: MetricsSection,
+}
+
+/// The Prometheus endpoint (docs/metrics.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where to serve `GET /metrics`, e.g. `"127.0.0.1:9464"`; empty (the default) serves
+    /// nothing. The figures are the health message's: no secrets, but a fleet's layout,
+    /// so bind it where only the scraper reaches.
+    pub listen: String,
+}
+
+impl MetricsSection {
+    /// The address to serve on, if any (validate has checked it parses).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
 }
 
 /// Who may be a member of the fleet (docs/deploy.md, "Fleet membership").

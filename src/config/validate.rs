@@ -405,6 +405,26 @@ impl Config {
             );
         }
         whole("replication.queue_max", r.queue_max as u64, 1, 10_000_000)?;
+
+        let m = &self.metrics;
+        if !m.listen.trim().is_empty() && m.listen_addr().is_none() {
+            return fail(
+                "metrics.listen",
+                format!(
+                    "expected an address like \"127.0.0.1:9464\" (or \"\" for no endpoint), got {:?}",
+                    m.listen
+                ),
+            );
+        }
+        if let Some(a) = m.listen_addr()
+            && self.web.enabled
+            && a == self.web.listen
+        {
+            return fail(
+                "metrics.listen",
+                format!("{a} is also web.listen; give the metrics a port of their own"),
+            );
+        }
         Ok(())
     }
 }

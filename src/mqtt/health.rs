@@ -77,6 +77,7 @@ pub fn health(h: &HealthInputs<'_>) -> Value {
         "undervoltage": r.undervoltage(),
         "level": d.level.as_str(),
         "reasons": d.reason_strings(),
+        "reason_codes": d.reason_codes(),
         "cpu_load": round1(h.cpu_load),
         "mem_used_bytes": h.mem_used_bytes,
         "mem_total_bytes": h.mem_total_bytes,

@@ -33,6 +33,8 @@ pub struct Session {
     /// True once the broker acknowledged the subscriptions `on_connect` made (with one
     /// SUBSCRIBE), i.e. once messages to us are delivered. Reset on disconnection.
     pub subscribed: watch::Receiver<bool>,
+    /// Connections made after the first (for the metrics).
+    pub reconnects: Arc<std::sync::atomic::AtomicU64>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -91,6 +93,7 @@ impl Session {
         let (connected_tx, connected) = watch::channel(false);
         let (subscribed_tx, subscribed) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
+        let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn(drive(
             eventloop,
             client.clone(),
@@ -100,6 +103,7 @@ impl Session {
             Flags {
                 connected: connected_tx,
                 subscribed: subscribed_tx,
+                reconnects: Arc::clone(&reconnects),
             },
             stop_rx,
         ));
@@ -107,6 +111,7 @@ impl Session {
             client,
             connected,
             subscribed,
+            reconnects,
             stop,
             task,
         }
@@ -176,6 +181,7 @@ fn random_fraction() -> f64 {
 struct Flags {
     connected: watch::Sender<bool>,
     subscribed: watch::Sender<bool>,
+    reconnects: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn drive(
@@ -190,6 +196,7 @@ async fn drive(
     let Flags {
         connected,
         subscribed,
+        reconnects,
     } = flags;
     let mut backoff = Backoff::new(Duration::from_millis(500), reconnect_max);
     let mut down_since: Option<std::time::Instant> = None;
@@ -212,7 +219,10 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 match down_since.take() {
-                    Some(t) => info!(after_s = t.elapsed().as_secs(), "MQTT reconnected"),
+                    Some(t) => {
+                        reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        info!(after_s = t.elapsed().as_secs(), "MQTT reconnected");
+                    }
                     None => info!(session_present = ack.session_present, "MQTT connected"),
                 }
                 backoff.reset();
