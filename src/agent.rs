@@ -605,10 +605,9 @@ fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
         .name("store-maintenance".into())
         .spawn(move || {
             // Nice 19 for this thread only (Linux: PRIO_PROCESS with a thread id).
-            // SAFETY: plain syscalls on our own thread id.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
+            {
+                debug!(error = %e, "store maintenance keeps its priority");
             }
             let mut round = 0u64;
             loop {

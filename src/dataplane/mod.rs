@@ -241,30 +241,18 @@ struct TunedRuntime {
 
 static WARNED_BUFFER: std::sync::Once = std::sync::Once::new();
 
-fn set_buffer(fd: std::os::fd::RawFd, opt: libc::c_int, want: usize) -> usize {
-    let v = want.min(i32::MAX as usize) as libc::c_int;
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: setsockopt/getsockopt on a socket we own, with a c_int-sized value.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            &v as *const libc::c_int as *const libc::c_void,
-            len,
-        );
-        let mut got: libc::c_int = 0;
-        let mut got_len = len;
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            &mut got as *mut libc::c_int as *mut libc::c_void,
-            &mut got_len,
-        );
-        // Linux reports double the usable size.
-        got.max(0) as usize / 2
-    }
+/// Asks for `want` bytes of receive and send buffer; returns what the kernel granted
+/// (receive, send). A refusal is not an error: the socket works, only slower.
+fn set_buffers(socket: &std::net::UdpSocket, want: usize) -> (usize, usize) {
+    let s = socket2::SockRef::from(socket);
+    let want = want.min(i32::MAX as usize);
+    let _ = s.set_recv_buffer_size(want);
+    let _ = s.set_send_buffer_size(want);
+    // Linux reports double the usable size.
+    (
+        s.recv_buffer_size().unwrap_or(0) / 2,
+        s.send_buffer_size().unwrap_or(0) / 2,
+    )
 }
 
 impl Runtime for TunedRuntime {
@@ -282,10 +270,7 @@ impl Runtime for TunedRuntime {
         &self,
         socket: std::net::UdpSocket,
     ) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
-        use std::os::fd::AsRawFd;
-        let fd = socket.as_raw_fd();
-        let rcv = set_buffer(fd, libc::SO_RCVBUF, self.buffer);
-        let snd = set_buffer(fd, libc::SO_SNDBUF, self.buffer);
+        let (rcv, snd) = set_buffers(&socket, self.buffer);
         if rcv < self.buffer / 2 || snd < self.buffer / 2 {
             WARNED_BUFFER.call_once(|| {
                 tracing::info!(

@@ -35,7 +35,6 @@ pub use manifest::{Manifest, ManifestError};
 use quota::{Counters, FsSpace, NearFull, QuotaError};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1200,39 +1199,24 @@ fn lock_exclusive(path: &Path) -> Result<File> {
         .write(true)
         .open(path)
         .map_err(StoreError::io(format!("opening {}", path.display())))?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(StoreError::Locked {
+    // flock(2) underneath, like before: released when the process goes, however it goes.
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
             path: path.parent().unwrap_or(path).to_path_buf(),
-        });
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::io(format!("locking {}", path.display()))(e))
+        }
     }
-    Ok(f)
 }
 
-// The statvfs fields are 32-bit on armv7 and 64-bit elsewhere: the casts are not no-ops
-// on every target.
-#[allow(clippy::unnecessary_cast)]
 fn statvfs(path: &Path) -> Result<FsSpace> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| StoreError::Io {
-        context: "statvfs".into(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, e),
-    })?;
-    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid C string and `s` points to writable memory for one statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(StoreError::io(format!("statvfs {}", path.display()))(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let s = unsafe { s.assume_init() };
-    let frsize = s.f_frsize as u64;
+    let s = rustix::fs::statvfs(path)
+        .map_err(|e| StoreError::io(format!("statvfs {}", path.display()))(e.into()))?;
     Ok(FsSpace {
-        total: s.f_blocks as u64 * frsize,
-        free: s.f_bavail as u64 * frsize,
+        total: s.f_blocks.saturating_mul(s.f_frsize),
+        free: s.f_bavail.saturating_mul(s.f_frsize),
     })
 }
 
