@@ -6,6 +6,7 @@ use crate::config::{Broker, Config};
 use crate::control::auth;
 use crate::identity::Identity;
 use crate::mqtt::session::{self, Session};
+use crate::mqtt::sync::SyncMarker;
 use anyhow::{Context, bail};
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use serde_json::{Map, Value};
@@ -65,20 +66,23 @@ pub async fn run(
         &crate::dataplane::signal::new_session_id()[..8]
     );
     let options = session::options(cfg, &client_id, None, embedded)?;
+    let marker = SyncMarker::new(cfg, &client_id);
     let (tx, mut rx) = mpsc::channel(1024);
-    let (replies, status) = (
+    let filters = [
         format!("{prefix}/nodes/+/reply"),
         format!("{prefix}/nodes/+/status"),
-    );
+        marker.topic().to_string(),
+    ];
     let on_connect: session::OnConnect = std::sync::Arc::new(move |c: &AsyncClient| {
-        let _ = c.try_subscribe_many([
-            SubscribeFilter::new(replies.clone(), QoS::AtLeastOnce),
-            SubscribeFilter::new(status.clone(), QoS::AtLeastOnce),
-        ]);
+        let _ = c.try_subscribe_many(
+            filters
+                .iter()
+                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+        );
     });
     let mqtt = Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, tx);
     let result = exchange(
-        &mqtt, &mut rx, &operator, &prefix, target, verb, args, timeout,
+        &mqtt, &mut rx, &marker, &operator, &prefix, target, verb, args, timeout,
     )
     .await;
     mqtt.shutdown(None).await;
@@ -90,6 +94,7 @@ pub async fn run(
 async fn exchange(
     mqtt: &Session,
     rx: &mut mpsc::Receiver<rumqttc::Publish>,
+    marker: &SyncMarker,
     operator: &Identity,
     prefix: &str,
     target: Target,
@@ -110,11 +115,17 @@ async fn exchange(
     let nodes: Vec<String> = match target {
         Target::Node(n) => vec![n],
         Target::All => {
-            // Retained statuses arrive right after the SubAck; a short quiet spell ends them.
+            // Retained statuses arrive right after the SubAck, our marker behind them.
+            // (An ACL that hides our inbox costs 3 s and a warning, not the command.)
+            marker.publish(&mqtt.client).await?;
+            let sync_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(3));
             let mut online = BTreeSet::new();
-            while let Ok(Some(p)) =
-                tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
-            {
+            let mut synced = false;
+            while let Ok(Some(p)) = tokio::time::timeout_at(sync_deadline, rx.recv()).await {
+                if marker.is_marker(&p) {
+                    synced = true;
+                    break;
+                }
                 if let Some((id, leaf)) = leaf_of(&p.topic)
                     && leaf == "status"
                 {
@@ -124,6 +135,11 @@ async fn exchange(
                         online.remove(&id);
                     }
                 }
+            }
+            if !synced {
+                eprintln!(
+                    "warning: the broker did not echo our marker within 3 s; commanding the nodes seen online so far"
+                );
             }
             if online.is_empty() {
                 bail!("no node is online (none has a retained \"online\" status)");

@@ -11,6 +11,7 @@
 use crate::config::{Broker, Config};
 use crate::fleet::Rejected;
 use crate::mqtt::session::{self, Session};
+use crate::mqtt::sync::SyncMarker;
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -303,19 +304,12 @@ pub async fn run(
     let session_id = crate::dataplane::signal::new_session_id();
     let client_id = format!("ddc-nodes-{}", session_id.get(..12).unwrap_or("0"));
     let options = session::options(cfg, &client_id, None, embedded)?;
-    // Our own inbox, for the marker. Under the shipped ACL a party reads only the inbox
-    // named by its broker user, so use that name when there is one.
-    let inbox_name = if cfg.mqtt.username.is_empty() {
-        client_id.clone()
-    } else {
-        cfg.mqtt.username.clone()
-    };
-    let inbox = crate::dataplane::signal::client_topic(&prefix, &inbox_name);
+    let marker = SyncMarker::new(cfg, &client_id);
     let (tx, mut rx) = mpsc::channel(1024);
     let filters = [
         format!("{prefix}/nodes/+/status"),
         format!("{prefix}/nodes/+/health"),
-        inbox.clone(),
+        marker.topic().to_string(),
     ];
     let on_connect: session::OnConnect = std::sync::Arc::new(move |c: &AsyncClient| {
         let _ = c.try_subscribe_many(
@@ -325,17 +319,7 @@ pub async fn run(
         );
     });
     let mqtt = Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, tx);
-    let result = watch_fleet(
-        cfg,
-        &mqtt,
-        &mut rx,
-        &inbox,
-        &session_id,
-        json_out,
-        watch,
-        timeout,
-    )
-    .await;
+    let result = watch_fleet(cfg, &mqtt, &mut rx, &marker, json_out, watch, timeout).await;
     mqtt.shutdown(None).await;
     result
 }
@@ -345,8 +329,7 @@ async fn watch_fleet(
     cfg: &Config,
     mqtt: &Session,
     rx: &mut mpsc::Receiver<rumqttc::Publish>,
-    inbox: &str,
-    session_id: &str,
+    marker: &SyncMarker,
     json_out: bool,
     watch: bool,
     timeout: Duration,
@@ -361,12 +344,7 @@ async fn watch_fleet(
                 timeout.as_secs()
             )
         })??;
-    // The broker sends every retained message on subscribing; what we publish to our
-    // own inbox after the SUBACK comes back behind them.
-    let marker = format!("ddc-edge-sync {session_id}").into_bytes();
-    mqtt.client
-        .publish(inbox, QoS::AtLeastOnce, false, marker.clone())
-        .await?;
+    marker.publish(&mqtt.client).await?;
     let ca = crate::fleet::parse_ca(&cfg.fleet.ca).ok();
     let mut fleet = Fleet::new(ca);
     let nodes_prefix = format!("{}/nodes/", cfg.mqtt.topic_prefix);
@@ -397,8 +375,8 @@ async fn watch_fleet(
         let Some(p) = msg else {
             anyhow::bail!("the MQTT session ended");
         };
-        if p.topic == inbox {
-            if !synced && p.payload[..] == marker[..] {
+        if p.topic == marker.topic() {
+            if !synced && marker.is_marker(&p) {
                 synced = true;
                 print(&mut out, &fleet, json_out, watch, redraw)?;
                 if !watch {

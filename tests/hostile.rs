@@ -515,6 +515,12 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
     assert!(
         stdout(&o).contains(&format!("{id_a}: ok")) && stdout(&o).contains(&format!("{id_b}: ok"))
     );
+    // The ACL lets the operator read its own inbox, where ctl's sync marker comes back.
+    assert!(
+        !stderr(&o).contains("did not echo our marker"),
+        "{}",
+        stderr(&o)
+    );
 
     // Node A's credentials cannot speak for B, nor command it.
     observer.drain_for(Duration::from_millis(500));

@@ -2,7 +2,7 @@
 //!
 //! Pure: [`topics`] (the contract), [`backoff`], [`health`] and [`discovery`] (payloads).
 //! Drivers: [`session`] (rumqttc event loop, reconnects), [`broker`] (embedded rumqttd),
-//! [`tls`]. Command screening lives in `control::command`; executing commands in
+//! [`tls`], [`sync`] (a client's marker behind the retained messages). Command screening lives in `control::command`; executing commands in
 //! `control`.
 
 pub mod backoff;
@@ -10,5 +10,6 @@ pub mod broker;
 pub mod discovery;
 pub mod health;
 pub mod session;
+pub mod sync;
 pub mod tls;
 pub mod topics;
