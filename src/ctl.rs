@@ -2,13 +2,13 @@
 //! operator's key for the node it goes to ([`crate::control::auth`]), publishes it,
 //! waits for the node's signed reply, and prints it.
 
-use crate::config::{Broker, Config};
+use crate::config::Config;
 use crate::control::auth;
 use crate::identity::Identity;
-use crate::mqtt::session::{self, Session};
-use crate::mqtt::sync::SyncMarker;
+use crate::mqtt::session::Session;
+use crate::mqtt::sync::{SyncMarker, client_session};
 use anyhow::{Context, bail};
-use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use rumqttc::QoS;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -59,28 +59,19 @@ pub async fn run(
     let operator = Identity::load_or_create_file(key)
         .with_context(|| format!("operator key {}", key.display()))?;
     let prefix = cfg.mqtt.topic_prefix.clone();
-    let embedded = matches!(cfg.mqtt.broker, Broker::Embedded).then_some(cfg.mqtt.embedded_listen);
     let client_id = format!(
         "ddc-ctl-{}-{}",
         &operator.node_id()[..8],
         &crate::dataplane::signal::new_session_id()[..8]
     );
-    let options = session::options(cfg, &client_id, None, embedded)?;
-    let marker = SyncMarker::new(cfg, &client_id);
-    let (tx, mut rx) = mpsc::channel(1024);
-    let filters = [
-        format!("{prefix}/nodes/+/reply"),
-        format!("{prefix}/nodes/+/status"),
-        marker.topic().to_string(),
-    ];
-    let on_connect: session::OnConnect = std::sync::Arc::new(move |c: &AsyncClient| {
-        let _ = c.try_subscribe_many(
-            filters
-                .iter()
-                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
-        );
-    });
-    let mqtt = Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, tx);
+    let (mqtt, mut rx, marker) = client_session(
+        cfg,
+        &client_id,
+        &[
+            format!("{prefix}/nodes/+/reply"),
+            format!("{prefix}/nodes/+/status"),
+        ],
+    )?;
     let result = exchange(
         &mqtt, &mut rx, &marker, &operator, &prefix, target, verb, args, timeout,
     )

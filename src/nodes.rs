@@ -8,11 +8,10 @@
 //! everything retained (a marker it echoes behind them, not a fixed wait), prints, and
 //! with `--watch` prints again on every change.
 
-use crate::config::{Broker, Config};
+use crate::config::Config;
 use crate::fleet::Rejected;
-use crate::mqtt::session::{self, Session};
-use crate::mqtt::sync::SyncMarker;
-use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use crate::mqtt::session::Session;
+use crate::mqtt::sync::{SyncMarker, client_session};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -299,32 +298,22 @@ pub async fn run(
     watch: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let prefix = cfg.mqtt.topic_prefix.clone();
-    let embedded = matches!(cfg.mqtt.broker, Broker::Embedded).then_some(cfg.mqtt.embedded_listen);
+    let prefix = &cfg.mqtt.topic_prefix;
     let session_id = crate::dataplane::signal::new_session_id();
     let client_id = format!("ddc-nodes-{}", session_id.get(..12).unwrap_or("0"));
-    let options = session::options(cfg, &client_id, None, embedded)?;
-    let marker = SyncMarker::new(cfg, &client_id);
-    let (tx, mut rx) = mpsc::channel(1024);
-    let filters = [
-        format!("{prefix}/nodes/+/status"),
-        format!("{prefix}/nodes/+/health"),
-        marker.topic().to_string(),
-    ];
-    let on_connect: session::OnConnect = std::sync::Arc::new(move |c: &AsyncClient| {
-        let _ = c.try_subscribe_many(
-            filters
-                .iter()
-                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
-        );
-    });
-    let mqtt = Session::spawn(options, cfg.mqtt.reconnect_max.0, on_connect, tx);
+    let (mqtt, mut rx, marker) = client_session(
+        cfg,
+        &client_id,
+        &[
+            format!("{prefix}/nodes/+/status"),
+            format!("{prefix}/nodes/+/health"),
+        ],
+    )?;
     let result = watch_fleet(cfg, &mqtt, &mut rx, &marker, json_out, watch, timeout).await;
     mqtt.shutdown(None).await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn watch_fleet(
     cfg: &Config,
     mqtt: &Session,
