@@ -444,10 +444,18 @@ fn replication_follows_temperature_battery_and_the_operator() {
     ctl.wait("pause reply", Duration::from_secs(10), |x| {
         x.json()["id"] == "pause-c"
     });
-    std::thread::sleep(Duration::from_millis(800));
-    let h = latest_health(&mut p, &c.id);
+    // Wait for the health that shows it (the next one may have left before the pause):
+    // a fixed 800 ms here failed CI once on a busy machine.
+    let mut h = Value::Null;
+    wait_until(
+        "C's health shows the operator pause",
+        Duration::from_secs(15),
+        || {
+            h = latest_health(&mut p, &c.id);
+            h["replication"]["paused_by"] == "operator"
+        },
+    );
     assert_eq!(h["level"], "full");
-    assert_eq!(h["replication"]["paused_by"], "operator");
     let frozen_c = replication_bytes(&h);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
