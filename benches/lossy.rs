@@ -21,6 +21,11 @@
 //!    flight), relayed against direct in the same run: target >= 0.5 x. Relayed set-up is
 //!    mostly ICE's deliberate wait before accepting a relayed pair (500 ms,
 //!    src/dataplane/mod.rs), so whole commands and connected channels differ a lot.
+//!    Here coturn shares the machine's two cores with both endpoints, and forwarding every
+//!    packet through its sockets costs about a third of them (mostly the kernel's UDP path),
+//!    which a deployment pays on the TURN server's own machine. So the connected-channel
+//!    pair is also measured with coturn pinned to one core and node and client to the
+//!    other, relayed and direct alike: the endpoints get the same CPU both ways.
 //!
 //! Run: cargo bench --bench lossy   (DDC_LOSSY_PARTS=123456 picks parts;
 //! DDC_LOSSY_STDERR=FILE appends the library client's log, RUST_LOG applies, and
@@ -232,7 +237,23 @@ fn inner_in(
     node: &str,
     sets: &[&str],
 ) -> serde_json::Value {
+    inner_on(lab, ns, work, mode, node, sets, None)
+}
+
+/// [`inner_in`], with the client's threads on `cpus` (a taskset list) if given.
+fn inner_on(
+    lab: &Lab,
+    ns: &str,
+    work: &Path,
+    mode: &str,
+    node: &str,
+    sets: &[&str],
+    cpus: Option<&str>,
+) -> serde_json::Value {
     let mut c = Command::new(std::env::current_exe().unwrap());
+    if let Some(cpus) = cpus {
+        c.env("DDC_LOSSY_CPUS", cpus);
+    }
     c.env("DDC_LOSSY_INNER", mode)
         .env("DDC_LOSSY_NODE", node)
         .env("DDC_LOSSY_KEY", work.join("inner.key"))
@@ -240,6 +261,19 @@ fn inner_in(
     let o = lab.command(ns, &c).output().unwrap();
     assert!(o.status.success(), "inner {mode} failed: {}", stderr(&o));
     serde_json::from_str(stdout(&o).lines().last().unwrap_or("")).unwrap()
+}
+
+/// Pins every thread of `pid` (and the threads it starts later) to `cpus` (taskset list).
+fn pin(pid: u32, cpus: &str) {
+    let o = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .expect("taskset (util-linux) is needed for bench part 6");
+    assert!(
+        o.status.success(),
+        "taskset -c {cpus} {pid}: {}",
+        stderr(&o)
+    );
 }
 
 /// A minimal HTTP/1.0 file server on SRV_IP:8080 (one request per connection).
@@ -299,6 +333,7 @@ fn main() {
     let parts = std::env::var("DDC_LOSSY_PARTS").unwrap_or_else(|_| "123456".into());
     let mut b = Bench::new();
     let node = b.agent("node", &[]);
+    let node_pid = b.lab.process(b.lab.process_count() - 1).child.id();
     let files = b.work.path().join("files");
     std::fs::create_dir_all(&files).unwrap();
     let mut direct_get_mbps = None;
@@ -452,9 +487,11 @@ fn main() {
             c.env("RUST_LOG", filter);
         }
         let home1 = h.home1.clone();
-        h.lab
-            .spawn(&home1, &c)
-            .wait_for("MQTT subscribed", Duration::from_secs(60));
+        let relayed_pid = {
+            let r = h.lab.spawn(&home1, &c);
+            r.wait_for("MQTT subscribed", Duration::from_secs(60));
+            r.child.id()
+        };
         let f = b.work.path().join("turn.bin");
         random_file(&f, 16 * MIB, 600);
         let run = |args: &[&str]| {
@@ -533,6 +570,36 @@ fn main() {
             median(&streams, "connect_ms"),
             median(&directs, "connect_ms"),
         );
+        // The same again with coturn on a core of its own, as on its own machine in a
+        // deployment, and both endpoints on the other core, relayed and direct alike.
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            let coturn_pid = h.lab.process(h.coturn).child.id();
+            pin(coturn_pid, "1");
+            pin(relayed_pid, "0");
+            pin(node_pid, "0");
+            let streams: Vec<serde_json::Value> = (0..3)
+                .map(|_| {
+                    let (ns, work) = (&h.home2, b.work.path());
+                    inner_on(&h.lab, ns, work, "stream", &id, &relay_sets, Some("0"))
+                })
+                .collect();
+            let directs: Vec<serde_json::Value> = (0..3)
+                .map(|_| {
+                    let (ns, work) = (&b.cli, b.work.path());
+                    inner_on(&b.lab, ns, work, "stream", &node, &[], Some("0"))
+                })
+                .collect();
+            let (r, d) = (median(&streams, "mbps"), median(&directs, "mbps"));
+            println!(
+                "6. the same with coturn on core 1 and node and client on core 0 (as with coturn on its own machine): through the relay {r:.1} MB/s, direct {d:.1} MB/s = {:.2} x [target >= 0.5]",
+                r / d
+            );
+            for pid in [coturn_pid, relayed_pid, node_pid] {
+                pin(pid, "0-1");
+            }
+        } else {
+            println!("6. (one core: the pinned measurement needs two)");
+        }
         let relay = mbps(16 * MIB, get);
         println!(
             "6. through the node's TURN relay (client behind a symmetric NAT): 16 MiB GET (median of 3) {relay:.1} MB/s ({:.2} s), PUT {:.1} MB/s{}",
@@ -551,6 +618,9 @@ fn main() {
 /// The library client inside the "cli" namespace: `seed` stores 8 chunks of 1 MiB,
 /// `latency` GETs them 100 times on one connection, `setup` opens 20 connections.
 fn inner(mode: &str) {
+    if let Ok(cpus) = std::env::var("DDC_LOSSY_CPUS") {
+        pin(std::process::id(), &cpus);
+    }
     ddc_edge::logging::init("warn");
     let node = std::env::var("DDC_LOSSY_NODE").unwrap();
     let key = std::env::var("DDC_LOSSY_KEY").unwrap();
