@@ -90,6 +90,7 @@ pub fn health(h: &HealthInputs<'_>) -> Value {
         "replication": {
             "paused_by": paused_by(h.operator_paused, d.level),
             "factor": if h.operator_paused { 0.0 } else { d.factor },
+            "placement": crate::replication::placement::VERSION,
         },
         "draining": h.draining,
     });

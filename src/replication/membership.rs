@@ -101,6 +101,10 @@ impl Membership {
         };
         let free = h["disk"]["free_bytes"].as_u64();
         let draining = h["draining"].as_bool().unwrap_or(false);
+        // Nodes of releases before placement versions do not say: they compute v1.
+        let placement = h["replication"]["placement"]
+            .as_u64()
+            .map_or(1, |v| v.clamp(1, u8::MAX as u64) as u8);
         // Pausing does not move placement: a paused node still holds what it holds.
         if h["replication"]["paused_by"].is_string() {
             self.paused.insert(id.to_string());
@@ -111,8 +115,9 @@ impl Membership {
         // Free space changes with every write; only crossing "full" changes placement,
         // and `eligible` decides that at use. Draining changes placement at once.
         m.free_bytes = free;
-        if m.draining != draining {
+        if m.draining != draining || m.placement != placement {
             m.draining = draining;
+            m.placement = placement;
             self.generation += 1;
         }
         None
@@ -131,6 +136,7 @@ impl Membership {
                 online,
                 free_bytes: None,
                 draining: false,
+                placement: 1,
             })
     }
 
@@ -189,6 +195,32 @@ mod tests {
             id: Identity::load_or_create_file(&d.path().join(name)).unwrap(),
             cert: None,
         }
+    }
+
+    #[test]
+    fn each_member_says_which_placement_it_computes() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (node(&d, "a"), node(&d, "b"));
+        let mut v = Membership::default();
+        v.on_status(a.name(), b"online");
+        v.on_status(b.name(), b"online");
+        v.on_health(
+            a.name(),
+            &a.health(json!({"replication":{"placement":2}})),
+            0,
+        );
+        // An older release says nothing: it computes v1.
+        v.on_health(b.name(), &b.health(json!({"replication":{}})), 0);
+        let version = |v: &Membership| super::super::placement::fleet_version(&v.members());
+        assert_eq!(version(&v), 1);
+        let g = v.generation();
+        v.on_health(
+            b.name(),
+            &b.health(json!({"replication":{"placement":2}})),
+            0,
+        );
+        assert!(v.generation() > g, "an upgraded member changes placement");
+        assert_eq!(version(&v), 2);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::dataplane::signal::Signal;
 use crate::protocol::Status;
 use crate::store::{ChunkId, Store, StoreEvent};
 use membership::Membership;
-use placement::place;
+use placement::Placement;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -287,6 +287,7 @@ impl Replicator {
         // that, where another holder exists, the queue fetches from it.
         peers.sort_by_cached_key(|p| self.is_paused(p));
         let min_free = self.min_free();
+        let placement = Placement::new(&members, min_free);
         // Connect to every peer at once (at most 8 connects in flight): one slow or
         // silent peer costs the sweep one connect timeout, not one per peer.
         {
@@ -350,7 +351,8 @@ impl Replicator {
                     let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                     for ((id, size), has) in page.iter().zip(have) {
                         if !has
-                            && place(id, &members, self.factors.get(id), min_free)
+                            && placement
+                                .place(id, self.factors.get(id))
                                 .contains(&self.my_id.as_str())
                             && q.push(*id, peer, *size)?
                         {
@@ -380,12 +382,13 @@ impl Replicator {
             v
         })
         .await?;
-        let eligible = members.iter().filter(|m| m.eligible(min_free)).count();
+        let eligible = placement.eligible();
         let mut handoff: HashMap<String, Vec<ChunkId>> = HashMap::new();
         let mut candidates: Vec<(ChunkId, Vec<String>)> = Vec::new();
         for id in local {
             let factor = self.factors.get(&id);
-            let targets: Vec<String> = place(&id, &members, factor, min_free)
+            let targets: Vec<String> = placement
+                .place(&id, factor)
                 .into_iter()
                 .map(String::from)
                 .collect();

@@ -1,12 +1,31 @@
 //! Where a chunk lives: rendezvous (highest-random-weight) hashing.
 //!
-//! Each eligible node gets a weight for each chunk, the first 8 bytes of
-//! SHA-256(node id || chunk id); the chunk's replicas are the `factor` heaviest nodes. Every
-//! node that sees the same membership (from the retained status and health topics)
-//! computes the same answer, with no coordinator, and when a node joins or leaves only the
-//! chunks it wins or held move. Pure.
+//! Each eligible node gets a weight for each chunk, and the chunk's replicas are the
+//! `factor` heaviest nodes. Every node that sees the same membership (from the retained
+//! status and health topics) computes the same answer, with no coordinator, and when a
+//! node joins or leaves only the chunks it wins or held move. Pure.
+//!
+//! Two weight functions, versioned, because every node of a fleet must use the same one:
+//! - **v1**: the first 8 bytes of SHA-256(node id || chunk id). Two SHA-256 blocks per
+//!   (node, chunk): ranking 1 M chunks over 1,000 nodes is 10^9 of them, minutes of CPU,
+//!   too slow to plan (or simulate) a large fleet.
+//! - **v2** (this build's): `fmix64(seed(node) ^ fmix64(key(chunk)))`, where `seed` is the
+//!   first 8 bytes of SHA-256("ddc-edge placement v2" || node id), computed once per
+//!   member, `key` the first 8 bytes of the chunk ID (already a SHA-256, so uniform) and
+//!   `fmix64` MurmurHash3's 64-bit finalizer (a bijection with full avalanche). About a
+//!   nanosecond per weight.
+//!
+//! Each node advertises the newest version it computes in its health
+//! (`replication.placement`; absent means 1), and the fleet places with the lowest
+//! version any online member advertises, so a fleet upgrades node by node and switches
+//! to v2 once the last v1 node is gone. A switch is a membership change like any other:
+//! chunks move to their new places, and no copy is dropped before its new holders prove
+//! theirs (docs/replication.md, "Hand off").
 
 use crate::store::ChunkId;
+
+/// The newest placement version this build computes (and advertises).
+pub const VERSION: u8 = 2;
 
 /// What placement needs to know about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +35,8 @@ pub struct Member {
     /// Bytes it can still take (health `disk.free_bytes`); unknown counts as room.
     pub free_bytes: Option<u64>,
     pub draining: bool,
+    /// The newest placement version it computes (health `replication.placement`).
+    pub placement: u8,
 }
 
 impl Member {
@@ -26,33 +47,128 @@ impl Member {
     }
 }
 
-/// The weight of `node` for `chunk`.
-pub fn weight(node: &str, chunk: &ChunkId) -> u64 {
+/// The v1 weight of `node` for `chunk`.
+pub fn weight_v1(node: &str, chunk: &ChunkId) -> u64 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(node.as_bytes());
     ctx.update(&chunk.0);
-    let d = ctx.finish();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.as_ref()[..8]);
-    u64::from_be_bytes(b)
+    first_u64(ctx.finish().as_ref())
+}
+
+/// A node's v2 seed.
+pub fn seed_v2(node: &str) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"ddc-edge placement v2");
+    ctx.update(node.as_bytes());
+    first_u64(ctx.finish().as_ref())
+}
+
+/// A chunk's v2 key: its mixed first 8 bytes.
+pub fn key_v2(chunk: &ChunkId) -> u64 {
+    fmix64(first_u64(&chunk.0))
+}
+
+/// The v2 weight of the node with `seed` for the chunk with `key`.
+pub fn weight_v2(seed: u64, key: u64) -> u64 {
+    fmix64(seed ^ key)
+}
+
+fn first_u64(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(x)
+}
+
+/// MurmurHash3's finalizer.
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// The placement version a fleet uses: the lowest any online member computes (this
+/// build's when none is online).
+pub fn fleet_version(members: &[Member]) -> u8 {
+    members
+        .iter()
+        .filter(|m| m.online)
+        .map(|m| m.placement.clamp(1, VERSION))
+        .min()
+        .unwrap_or(VERSION)
+}
+
+/// The eligible members of one membership view, ready to rank chunks: build it once per
+/// membership change, then [`Placement::place`] costs one weight per eligible node.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    version: u8,
+    /// Eligible node ids with their v2 seeds, sorted by id.
+    nodes: Vec<(String, u64)>,
+}
+
+impl Placement {
+    pub fn new(members: &[Member], min_free: u64) -> Placement {
+        Placement::with_version(members, min_free, fleet_version(members))
+    }
+
+    /// As [`Placement::new`], with the weight function given.
+    pub fn with_version(members: &[Member], min_free: u64, version: u8) -> Placement {
+        let mut nodes: Vec<(String, u64)> = members
+            .iter()
+            .filter(|m| m.eligible(min_free))
+            .map(|m| (m.id.clone(), seed_v2(&m.id)))
+            .collect();
+        nodes.sort();
+        Placement { version, nodes }
+    }
+
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// How many nodes may be given replicas.
+    pub fn eligible(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The nodes that should hold `chunk`, heaviest first: up to `factor` of the
+    /// eligible members.
+    pub fn place(&self, chunk: &ChunkId, factor: usize) -> Vec<&str> {
+        let key = key_v2(chunk);
+        let mut top: Vec<(u64, &str)> = Vec::with_capacity(factor + 1);
+        for (id, seed) in &self.nodes {
+            let w = match self.version {
+                1 => weight_v1(id, chunk),
+                _ => weight_v2(*seed, key),
+            };
+            // Keep the `factor` heaviest, ties broken on the id so every node agrees.
+            let pos = top.partition_point(|(tw, tid)| {
+                (*tw, std::cmp::Reverse(*tid)) > (w, std::cmp::Reverse(id.as_str()))
+            });
+            if pos < factor {
+                top.insert(pos, (w, id));
+                top.truncate(factor);
+            }
+        }
+        top.into_iter().map(|(_, id)| id).collect()
+    }
 }
 
 /// The nodes that should hold `chunk`, heaviest first: up to `factor` of the eligible
-/// members.
+/// members. Builds a [`Placement`] each call: for many chunks, build one and reuse it.
 pub fn place<'a>(
     chunk: &ChunkId,
     members: &'a [Member],
     factor: usize,
     min_free: u64,
 ) -> Vec<&'a str> {
-    let mut ranked: Vec<(u64, &str)> = members
-        .iter()
-        .filter(|m| m.eligible(min_free))
-        .map(|m| (weight(&m.id, chunk), m.id.as_str()))
-        .collect();
-    // Ties (vanishingly rare) break on the id so every node agrees.
-    ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    ranked.into_iter().take(factor).map(|(_, id)| id).collect()
+    let p = Placement::new(members, min_free);
+    p.place(chunk, factor)
+        .into_iter()
+        .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| m.id.as_str()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -65,6 +181,7 @@ mod tests {
             online: true,
             free_bytes: None,
             draining: false,
+            placement: VERSION,
         }
     }
 
@@ -113,6 +230,105 @@ mod tests {
                 assert!(after.contains(kept[0]), "the surviving replica must stay");
             }
         }
+    }
+
+    /// The reference: rank every eligible node, sort, take `factor`.
+    fn ranked(c: &ChunkId, members: &[Member], factor: usize, version: u8) -> Vec<String> {
+        let mut r: Vec<(u64, &str)> = members
+            .iter()
+            .filter(|m| m.eligible(0))
+            .map(|m| {
+                let w = match version {
+                    1 => weight_v1(&m.id, c),
+                    _ => weight_v2(seed_v2(&m.id), key_v2(c)),
+                };
+                (w, m.id.as_str())
+            })
+            .collect();
+        r.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        r.into_iter()
+            .take(factor)
+            .map(|(_, id)| id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn both_versions_keep_the_heaviest_nodes() {
+        let members: Vec<Member> = (0..40).map(|i| m(&format!("node{i:02}"))).collect();
+        for version in [1, 2] {
+            let p = Placement::with_version(&members, 0, version);
+            for c in chunks(300) {
+                for factor in [1, 2, 3, 5] {
+                    assert_eq!(p.place(&c, factor), ranked(&c, &members, factor, version));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn v1_is_sha256_of_node_then_chunk() {
+        // Nodes of an older release compute exactly this: it must never change.
+        let c = ChunkId::of(b"chunk");
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"a1b2c3");
+        ctx.update(&c.0);
+        let d = ctx.finish();
+        assert_eq!(weight_v1("a1b2c3", &c).to_be_bytes(), d.as_ref()[..8]);
+    }
+
+    #[test]
+    fn v2_spreads_evenly_and_pairs_nodes_at_random() {
+        // 10 nodes, factor 2: each holds a fifth of 50,000 chunks, and each of the 45
+        // pairs holds a 45th of them, within 5 standard deviations.
+        let members: Vec<Member> = (0..10).map(|i| m(&format!("n{i}"))).collect();
+        let p = Placement::with_version(&members, 0, 2);
+        let (mut per_node, mut per_pair) = (
+            std::collections::HashMap::new(),
+            std::collections::HashMap::new(),
+        );
+        let n = 50_000u32;
+        for c in chunks(n) {
+            let mut t = p.place(&c, 2);
+            for id in &t {
+                *per_node.entry(id.to_string()).or_insert(0u32) += 1;
+            }
+            t.sort();
+            *per_pair.entry(t.join("+")).or_insert(0u32) += 1;
+        }
+        let check = |counts: &std::collections::HashMap<String, u32>, share: f64, what: &str| {
+            let mean = n as f64 * share;
+            let sd = (mean * (1.0 - share / 2.0)).sqrt();
+            for (k, v) in counts {
+                assert!(
+                    (*v as f64 - mean).abs() < 5.0 * sd,
+                    "{what} {k}: {v}, expected {mean:.0} +- {:.0}",
+                    5.0 * sd
+                );
+            }
+        };
+        assert_eq!(per_node.len(), 10);
+        assert_eq!(per_pair.len(), 45);
+        check(&per_node, 0.2, "node");
+        check(&per_pair, 1.0 / 45.0, "pair");
+    }
+
+    #[test]
+    fn the_fleet_places_with_the_oldest_version_online() {
+        let mut members = vec![m("a"), m("b"), m("c")];
+        assert_eq!(fleet_version(&members), 2);
+        members[1].placement = 1;
+        assert_eq!(fleet_version(&members), 1);
+        let c = chunks(1)[0];
+        assert_eq!(
+            Placement::new(&members, 0).place(&c, 2),
+            ranked(&c, &members, 2, 1)
+        );
+        // Gone offline, the old node no longer holds the fleet back.
+        members[1].online = false;
+        assert_eq!(fleet_version(&members), 2);
+        // A version from the future counts as ours.
+        members[2].placement = 9;
+        assert_eq!(fleet_version(&members), 2);
     }
 
     #[test]
