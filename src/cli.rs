@@ -145,6 +145,52 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Simulate replication over a fleet: every node's replication planner (the agent's
+    /// own code) against each other in memory, on a simulated clock. Prints the control
+    /// traffic per node in steady state and, for each event (nodes killed, joined,
+    /// drained; chunks stored), the chunks moved against the ideal, the time until every
+    /// chunk is back to its factor under the budgets, and the planner's memory.
+    ///
+    /// Example: `ddc-edge simulate --nodes 1000 --chunks 1000000 --kill 1 --join 1 --json`
+    Simulate {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100_000)]
+        chunks: usize,
+        /// Copies of each chunk (1 or 2).
+        #[arg(long, default_value_t = 2)]
+        factor: usize,
+        /// Nodes that die (their copies are lost).
+        #[arg(long, default_value_t = 1)]
+        kill: usize,
+        /// Nodes that join, empty.
+        #[arg(long, default_value_t = 1)]
+        join: usize,
+        /// Nodes that drain (leave placement, hand everything off).
+        #[arg(long, default_value_t = 0)]
+        drain: usize,
+        /// New chunks stored by clients, each on some live node.
+        #[arg(long, default_value_t = 0)]
+        store: usize,
+        /// Bytes of a chunk.
+        #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+        chunk_size: crate::units::ByteSize,
+        /// Each node's replication budget, per second (both what it pulls and serves).
+        #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+        budget: crate::units::ByteSize,
+        /// How often each pair of nodes compares inventory digests.
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        anti_entropy: crate::units::HumanDuration,
+        /// How long steady state is watched (figures are per hour).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        steady: crate::units::HumanDuration,
+        /// One-way latency of every message and request.
+        #[arg(long, value_name = "DURATION", default_value = "50ms")]
+        latency: crate::units::HumanDuration,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fleet membership: make the fleet key, enroll nodes (docs/deploy.md, "Fleet
     /// membership").
     Fleet {
@@ -390,6 +436,44 @@ pub fn main() -> ExitCode {
                 crate::nodes::run(&cfg, json, watch, timeout.0).await
             })
         }),
+        Command::Simulate {
+            nodes,
+            chunks,
+            factor,
+            kill,
+            join,
+            drain,
+            store,
+            chunk_size,
+            budget,
+            anti_entropy,
+            steady,
+            latency,
+            json,
+        } => exit_with((|| {
+            let o = crate::simulate::Options {
+                nodes,
+                chunks,
+                factor,
+                chunk_size: chunk_size.0,
+                budget: budget.0,
+                anti_entropy: anti_entropy.0,
+                latency: latency.0,
+                steady: steady.0,
+                kill,
+                join,
+                drain,
+                store,
+                seed: 1,
+            };
+            let r = crate::simulate::run(&o)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                crate::simulate::print(&r);
+            }
+            Ok(())
+        })()),
         Command::Fleet { command } => exit_with(fleet_command(command)),
         Command::Id { config, json } => with_config(&config, |loaded| {
             let id = crate::identity::Identity::load_or_create(&loaded.config.storage.data_dir)?;

@@ -29,6 +29,7 @@ pub mod replication;
 pub mod sdnotify;
 pub mod sensors;
 pub mod signaling;
+pub mod simulate;
 pub mod store;
 pub mod throttle;
 pub mod transfer;

@@ -476,3 +476,29 @@ fn run_reads_the_sensors_and_logs_the_level() {
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// `ddc-edge simulate --json` prints the figures issue 15 names, as numbers, for scripts.
+#[test]
+fn simulate_prints_the_fleet_figures_as_json() {
+    let o = run(&[
+        "simulate", "--nodes", "15", "--chunks", "2000", "--kill", "1", "--join", "1", "--store",
+        "50", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    for key in [
+        "steady_control_bytes_per_node_per_hour",
+        "moved_chunks",
+        "ideal_moved_chunks",
+        "repair_seconds",
+        "planner_peak_bytes_per_node",
+    ] {
+        assert!(r[key].is_number(), "{key} missing or not a number: {r}");
+    }
+    assert_eq!(r["moved_chunks"], r["ideal_moved_chunks"], "{r}");
+    assert_eq!(r["events"].as_array().unwrap().len(), 3, "{r}");
+    // Bad options: a usage error that says what is wrong.
+    let o = run(&["simulate", "--nodes", "2", "--kill", "2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--nodes must exceed"), "{}", stderr(&o));
+}

@@ -15,6 +15,7 @@
 pub mod factors;
 pub mod membership;
 pub mod placement;
+pub mod planner;
 pub mod queue;
 
 use crate::bandwidth::Limiter;

@@ -106,6 +106,8 @@ pub struct Placement {
     version: u8,
     /// Eligible node ids with their v2 seeds, sorted by id.
     nodes: Vec<(String, u64)>,
+    /// Index into `nodes` by seed.
+    by_seed: std::collections::HashMap<u64, u32>,
 }
 
 impl Placement {
@@ -121,7 +123,44 @@ impl Placement {
             .map(|m| (m.id.clone(), seed_v2(&m.id)))
             .collect();
         nodes.sort();
-        Placement { version, nodes }
+        let by_seed = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, seed))| (*seed, i as u32))
+            .collect();
+        Placement {
+            version,
+            nodes,
+            by_seed,
+        }
+    }
+
+    /// Whether `node` may be given replicas in this view.
+    pub fn contains(&self, node: &str) -> bool {
+        self.seed_of(node).is_some()
+    }
+
+    /// The v2 seed of an eligible node (its short name in this view).
+    pub fn seed_of(&self, node: &str) -> Option<u64> {
+        self.nodes
+            .binary_search_by(|(id, _)| id.as_str().cmp(node))
+            .ok()
+            .map(|i| self.nodes[i].1)
+    }
+
+    /// The eligible node with this seed.
+    pub fn id_of_seed(&self, seed: u64) -> Option<&str> {
+        self.by_seed
+            .get(&seed)
+            .map(|&i| self.nodes[i as usize].0.as_str())
+    }
+
+    /// As [`Placement::place`], as seeds.
+    pub fn place_seeds(&self, chunk: &ChunkId, factor: usize) -> Vec<u64> {
+        self.ranked(chunk, factor)
+            .into_iter()
+            .map(|i| self.nodes[i].1)
+            .collect()
     }
 
     pub fn version(&self) -> u8 {
@@ -136,23 +175,32 @@ impl Placement {
     /// The nodes that should hold `chunk`, heaviest first: up to `factor` of the
     /// eligible members.
     pub fn place(&self, chunk: &ChunkId, factor: usize) -> Vec<&str> {
+        self.ranked(chunk, factor)
+            .into_iter()
+            .map(|i| self.nodes[i].0.as_str())
+            .collect()
+    }
+
+    /// Indices into `nodes` of the `factor` heaviest, heaviest first.
+    fn ranked(&self, chunk: &ChunkId, factor: usize) -> Vec<usize> {
         let key = key_v2(chunk);
-        let mut top: Vec<(u64, &str)> = Vec::with_capacity(factor + 1);
-        for (id, seed) in &self.nodes {
+        // (weight, index): `nodes` is sorted by id, so a lower index is a lower id.
+        let mut top: Vec<(u64, usize)> = Vec::with_capacity(factor + 1);
+        for (i, (id, seed)) in self.nodes.iter().enumerate() {
             let w = match self.version {
                 1 => weight_v1(id, chunk),
                 _ => weight_v2(*seed, key),
             };
-            // Keep the `factor` heaviest, ties broken on the id so every node agrees.
-            let pos = top.partition_point(|(tw, tid)| {
-                (*tw, std::cmp::Reverse(*tid)) > (w, std::cmp::Reverse(id.as_str()))
-            });
-            if pos < factor {
-                top.insert(pos, (w, id));
-                top.truncate(factor);
+            if top.len() == factor && top.last().is_none_or(|l| l.0 >= w) {
+                continue;
             }
+            // Keep the `factor` heaviest; ties break on the lower id (the earlier index,
+            // already in place) so every node agrees.
+            let pos = top.partition_point(|(tw, _)| *tw >= w);
+            top.insert(pos, (w, i));
+            top.truncate(factor);
         }
-        top.into_iter().map(|(_, id)| id).collect()
+        top.into_iter().map(|(_, i)| i).collect()
     }
 }
 
