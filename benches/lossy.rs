@@ -228,19 +228,8 @@ impl Bench {
 }
 
 /// Runs this binary's inner `mode` in namespace `ns` of `lab` against `node`, with `sets`
-/// on top of the bench lab's defaults; returns its JSON line.
-fn inner_in(
-    lab: &Lab,
-    ns: &str,
-    work: &Path,
-    mode: &str,
-    node: &str,
-    sets: &[&str],
-) -> serde_json::Value {
-    inner_on(lab, ns, work, mode, node, sets, None)
-}
-
-/// [`inner_in`], with the client's threads on `cpus` (a taskset list) if given.
+/// on top of the bench lab's defaults and the client's threads on `cpus` (a taskset
+/// list) if given; returns its JSON line.
 fn inner_on(
     lab: &Lab,
     ns: &str,
@@ -551,9 +540,20 @@ fn main() {
             .chain([format!("mqtt.broker={}", netlab::BROKER)])
             .collect();
         let relay_sets: Vec<&str> = relay_sets.iter().map(String::as_str).collect();
-        inner_in(&h.lab, &h.home2, b.work.path(), "seed", &id, &relay_sets);
+        inner_on(
+            &h.lab,
+            &h.home2,
+            b.work.path(),
+            "seed",
+            &id,
+            &relay_sets,
+            None,
+        );
         let streams: Vec<serde_json::Value> = (0..3)
-            .map(|_| inner_in(&h.lab, &h.home2, b.work.path(), "stream", &id, &relay_sets))
+            .map(|_| {
+                let (ns, work) = (&h.home2, b.work.path());
+                inner_on(&h.lab, ns, work, "stream", &id, &relay_sets, None)
+            })
             .collect();
         b.inner("seed", &node, &[]);
         let directs: Vec<serde_json::Value> =
