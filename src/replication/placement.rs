@@ -163,10 +163,6 @@ impl Placement {
             .collect()
     }
 
-    pub fn version(&self) -> u8 {
-        self.version
-    }
-
     /// How many nodes may be given replicas.
     pub fn eligible(&self) -> usize {
         self.nodes.len()
@@ -204,24 +200,23 @@ impl Placement {
     }
 }
 
-/// The nodes that should hold `chunk`, heaviest first: up to `factor` of the eligible
-/// members. Builds a [`Placement`] each call: for many chunks, build one and reuse it.
-pub fn place<'a>(
-    chunk: &ChunkId,
-    members: &'a [Member],
-    factor: usize,
-    min_free: u64,
-) -> Vec<&'a str> {
-    let p = Placement::new(members, min_free);
-    p.place(chunk, factor)
-        .into_iter()
-        .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| m.id.as_str()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`Placement::place`] for one chunk, as the older tests below call it.
+    fn place<'a>(
+        chunk: &ChunkId,
+        members: &'a [Member],
+        factor: usize,
+        min_free: u64,
+    ) -> Vec<&'a str> {
+        let p = Placement::new(members, min_free);
+        p.place(chunk, factor)
+            .into_iter()
+            .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| m.id.as_str()))
+            .collect()
+    }
 
     fn m(id: &str) -> Member {
         Member {

@@ -196,7 +196,7 @@ impl Planner {
     /// hand it off later if it is not placed here.
     pub fn stored(&mut self, now: Duration, id: ChunkId, factor: usize) {
         let factor = factor.clamp(1, self.cfg.max_factor);
-        self.replicated(&id);
+        self.forget_wanted(&id);
         self.load(id, factor);
         let targets = self.targets(&id, factor);
         let placed_here = targets.contains(&self.me);
@@ -211,11 +211,11 @@ impl Planner {
 
     /// A fetched replica was stored here: nothing to tell (its holder told the others).
     pub fn stored_replica(&mut self, id: ChunkId, factor: usize) {
-        self.replicated(&id);
+        self.forget_wanted(&id);
         self.load(id, factor.clamp(1, self.cfg.max_factor));
     }
 
-    fn replicated(&mut self, id: &ChunkId) {
+    fn forget_wanted(&mut self, id: &ChunkId) {
         if self.wanted.remove(id).is_some_and(|w| w.in_flight) {
             self.in_flight -= 1;
         }
