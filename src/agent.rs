@@ -575,6 +575,8 @@ async fn telemetry(
                     emit(event("quota_near_full", json!({"used_bytes": used_bytes, "quota_bytes": quota_bytes})))
                 }
                 Ok(StoreEvent::CounterDrift { counted, actual }) => emit(event("store_counter_drift", json!({"counted": counted, "actual": actual}))),
+                // The replicator's business, not an event.
+                Ok(StoreEvent::Stored { .. } | StoreEvent::Removed { .. }) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "store events dropped"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
@@ -590,8 +592,9 @@ async fn telemetry(
 }
 
 /// Low-priority background work on the store: every `storage.gc_interval` a GC round
-/// (abandoned uploads only: the retention model in docs/store.md), and now and then a
-/// check of the counters against the disk.
+/// (abandoned uploads only: the retention model in docs/store.md), now and then a check
+/// of the counters against the disk, and every `storage.scrub_interval` a scrub (a bad
+/// copy is quarantined, and replication fetches a good one from its other placed nodes).
 fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
     if cfg.storage.gc_high_percent.is_some() || cfg.storage.gc_low_percent.is_some() {
         warn!(
@@ -599,6 +602,7 @@ fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
         );
     }
     let every = cfg.storage.gc_interval.0;
+    let (scrub_every, scrub_rate) = (cfg.storage.scrub_interval.0, cfg.storage.scrub_rate.0);
     // The counters are checked about every six hours, whatever the GC interval.
     let verify_every = (6 * 3600 / every.as_secs().max(1)).max(1);
     let spawned = std::thread::Builder::new()
@@ -610,8 +614,27 @@ fn spawn_store_maintenance(store: Arc<Store>, cfg: &crate::config::Config) {
                 debug!(error = %e, "store maintenance keeps its priority");
             }
             let mut round = 0u64;
+            let mut last_scrub = std::time::Instant::now();
             loop {
                 std::thread::sleep(every);
+                if !scrub_every.is_zero() && last_scrub.elapsed() >= scrub_every {
+                    match store.scrub(scrub_rate) {
+                        Ok(r) if r.corrupt.is_empty() => {
+                            debug!(
+                                chunks = r.checked,
+                                bytes = r.bytes,
+                                "scrub: every chunk verified"
+                            )
+                        }
+                        Ok(r) => warn!(
+                            chunks = r.checked,
+                            corrupt = r.corrupt.len(),
+                            "scrub: corrupt chunks quarantined"
+                        ),
+                        Err(e) => warn!(error = %e, "scrub failed"),
+                    }
+                    last_scrub = std::time::Instant::now();
+                }
                 round += 1;
                 match store.gc(crate::control::unix_now()) {
                     Ok((chunks, bytes)) => {

@@ -306,7 +306,7 @@ async fn demo(work: &Path) -> anyhow::Result<()> {
                 "--set",
                 "throttle.dwell=4s",
                 "--set",
-                "replication.sweep_interval=1s",
+                "replication.anti_entropy_interval=2s",
                 "--set",
                 "storage.fsync=false",
             ])

@@ -77,9 +77,29 @@ const COUNTERS: &[(&str, &str, &[&str])] = &[
         &["replication", "failed_proofs"],
     ),
     (
-        "ddc_edge_replication_sweeps_total",
-        "Replication sweeps run.",
-        &["replication", "sweeps"],
+        "ddc_edge_replication_anti_entropy_passes_total",
+        "Anti-entropy passes (inventory digests compared with partners).",
+        &["replication", "anti_entropy_passes"],
+    ),
+    (
+        "ddc_edge_replication_messages_sent_total",
+        "Replication messages (notices, digests, listings) sent.",
+        &["replication", "messages_sent"],
+    ),
+    (
+        "ddc_edge_replication_messages_received_total",
+        "Replication messages taken in.",
+        &["replication", "messages_received"],
+    ),
+    (
+        "ddc_edge_replication_messages_dropped_total",
+        "Replication messages dropped: from non-members, over a sender's rate, malformed, or queues full.",
+        &["replication", "messages_dropped"],
+    ),
+    (
+        "ddc_edge_replication_listings_sent_total",
+        "Chunk listings sent (anti-entropy found a difference).",
+        &["replication", "listings_sent"],
     ),
 ];
 
@@ -447,7 +467,9 @@ mod tests {
                      "quarantined": 0, "reclaimable_bytes": 0, "protected_bytes": 1},
             "bandwidth": {"egress_limit_bps": 1, "ingress_limit_bps": 1},
             "replication": {"pulled_chunks": 1, "pulled_bytes": 1, "served_bytes": 1,
-                            "repaired": 0, "handed_off": 0, "failed_proofs": 0, "sweeps": 1,
+                            "repaired": 0, "handed_off": 0, "failed_proofs": 0, "anti_entropy_passes": 1,
+                            "messages_sent": 1, "messages_received": 1, "messages_dropped": 0,
+                            "listings_sent": 0,
                             "queued": 0, "budget_bps": 1, "factor": 1.0},
             "dataplane": {"peers": 0, "egress_bytes": 0, "ingress_bytes": 0, "requests": 0,
                           "refused_peers": 0},

@@ -29,6 +29,9 @@ pub enum Kind {
     Candidate,
     /// The sender is done with the session.
     Bye,
+    /// A replication message between nodes (`body`: `replication::wire`); not part of
+    /// any session.
+    Repl,
 }
 
 impl Kind {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Answer => "answer",
             Kind::Candidate => "candidate",
             Kind::Bye => "bye",
+            Kind::Repl => "repl",
         }
     }
 }

@@ -275,7 +275,7 @@ impl Sim {
                 }
                 let now = self.now;
                 if let Some(p) = self.planners[n].as_mut() {
-                    p.handed_off(now, &id, proved);
+                    p.handed_off(now, &id, proved, &[]);
                 }
             }
         }

@@ -25,7 +25,7 @@ fn network() -> Net {
     for i in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let mut extra: Vec<String> = vec![
-            "replication.sweep_interval=1s".into(),
+            "replication.anti_entropy_interval=2s".into(),
             "storage.fsync=false".into(),
         ];
         if i == 0 {

@@ -94,7 +94,7 @@ fn rogue_members_cannot_crash_bloat_or_rob_an_honest_node() {
         dir.path(),
         &fixture("pi4-mains"),
         &[
-            "replication.sweep_interval=1s",
+            "replication.anti_entropy_interval=2s",
             "webrtc.request_timeout=5s",
             "storage.chunk_size=64KiB",
             "node.log=\"info,ddc_edge::replication=debug\"",

@@ -66,7 +66,7 @@ fn start(m: &Mosquitto, battery: Option<(u32, &str)>, extra: &[&str]) -> Node {
     let id = node_id(dir.path());
     let sysfs = sysfs_copy(dir.path(), battery);
     let mut sets = vec![
-        "replication.sweep_interval=1s",
+        "replication.anti_entropy_interval=2s",
         "throttle.dwell=3s",
         "storage.fsync=false",
     ];
@@ -214,6 +214,81 @@ fn factor_two_gives_exactly_two_copies_and_survives_losing_a_node() {
         assert!(std::fs::read(&out).unwrap() == *want);
     }
     c.agent = None;
+}
+
+/// Once a fleet holds what it should, replication costs one small digest per pair of
+/// partners per anti-entropy pass: no chunk listings, no notices. (0.1 paged through
+/// every peer's whole LIST at every sweep.) The digests must also agree, or the pass
+/// would list the buckets that differ: this fails if two nodes see their shared
+/// chunks differently.
+#[test]
+fn an_idle_fleet_exchanges_no_chunk_listings_between_anti_entropy_passes() {
+    let m = Mosquitto::start();
+    let (a, b, c) = (
+        start(&m, None, &[]),
+        start(&m, None, &[]),
+        start(&m, None, &[]),
+    );
+    let mut p = Probe::connect(m.port, &["ddc/nodes/+/health"]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    let data = random_file(&file, 3 << 20, 21);
+    let file_id = put(&m, &work.path().join("k"), &file, &a.id, "256KiB");
+    let ids: HashSet<String> = data
+        .chunks(256 << 10)
+        .map(|c| ddc_edge::store::ChunkId::of(c).to_string())
+        .chain([file_id])
+        .collect();
+    wait_until("two copies of every chunk", Duration::from_secs(90), || {
+        held_by(&copies(&[&a, &b, &c]), &ids, 2)
+    });
+    // Settled: nothing wanted anywhere. Then note each node's counters.
+    let count = |h: &Value, k: &str| h[k].as_u64().unwrap_or_else(|| panic!("no {k} in {h}"));
+    // A health message published after this call (the probe may hold older ones).
+    let fresh = |p: &mut Probe, id: &str| {
+        p.drain_for(Duration::ZERO);
+        latest_health(p, id)
+    };
+    let nodes = [&a.id, &b.id, &c.id];
+    let mut before: Vec<Value> = Vec::new();
+    for id in nodes {
+        let mut h = Value::Null;
+        wait_until("nothing left to fetch", Duration::from_secs(30), || {
+            h = fresh(&mut p, id);
+            h["replication"]["queued"] == 0
+        });
+        before.push(h["replication"].clone());
+    }
+    // Three anti-entropy passes (2 s each) on every node.
+    for (id, b0) in nodes.iter().zip(&before) {
+        let mut h = Value::Null;
+        wait_until(
+            "three more anti-entropy passes",
+            Duration::from_secs(30),
+            || {
+                h = fresh(&mut p, id)["replication"].clone();
+                count(&h, "anti_entropy_passes") >= count(b0, "anti_entropy_passes") + 3
+            },
+        );
+        for k in [
+            "listings_sent",
+            "listings_received",
+            "notices_sent",
+            "pulled_chunks",
+        ] {
+            assert_eq!(
+                count(&h, k),
+                count(b0, k),
+                "{k} of an idle node changed: {h}"
+            );
+        }
+        // Each pair sharing chunks compares once per pass, the partner with the lower
+        // seed sending: every node sends or receives digests.
+        let traffic = |h: &Value| count(h, "messages_sent") + count(h, "messages_received");
+        assert!(traffic(&h) > traffic(b0), "no digests were exchanged: {h}");
+        assert_eq!(count(&h, "messages_dropped"), 0, "{h}");
+    }
+    assert!(held_by(&copies(&[&a, &b, &c]), &ids, 2));
 }
 
 /// Fetches one chunk from `node` as a client (not a fleet member) would.

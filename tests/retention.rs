@@ -121,7 +121,7 @@ fn members_that_never_answer_cannot_make_a_node_drop_chunks() {
         dir.path(),
         &fixture("pi4-mains"),
         &[
-            "replication.sweep_interval=1s",
+            "replication.anti_entropy_interval=2s",
             "webrtc.connect_timeout=2s",
             "storage.gc_interval=1s",
             "storage.quota=3MiB",
@@ -160,9 +160,13 @@ fn a_broken_member_cannot_make_a_node_drop_its_copy() {
     plant_bad_copies(b.path(), &ids);
     plant_bad_copies(c.path(), &ids);
     let sets = [
-        "replication.sweep_interval=1s",
+        "replication.anti_entropy_interval=2s",
         "storage.fsync=false",
         "storage.chunk_size=64KiB",
+        // A placed node's bad copy that nobody reads is found by its scrub (after the
+        // put: the hand-offs must meet the bad copies first).
+        "storage.gc_interval=1s",
+        "storage.scrub_interval=30s",
     ];
     let id_a = node_id(a.path());
     let mut na = start_agent(&m.url(), a.path(), &fixture("pi4-mains"), &sets);

@@ -293,6 +293,22 @@ mod tests {
         );
     }
 
+    /// A 0.1 config (a conffile kept over an upgrade) names the anti-entropy period by
+    /// its old name.
+    #[test]
+    fn the_old_sweep_interval_still_sets_the_period() {
+        let c = parse(
+            "x",
+            "[replication]\nsweep_interval = \"30s\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.replication.anti_entropy_interval.0,
+            std::time::Duration::from_secs(30)
+        );
+    }
+
     #[test]
     fn unknown_keys_name_the_key() {
         let e = err("[storage]\nqouta = \"1GiB\"\n");

@@ -129,6 +129,10 @@ pub struct StorageSection {
     pub fsync: bool,
     /// I/O budget of a scrub (0 = unlimited).
     pub scrub_rate: Rate,
+    /// How often every chunk is read back and verified in the background ("0s": only
+    /// on the `scrub` command). A bad copy is otherwise found only when read: anti-entropy
+    /// compares chunk IDs, not bytes. Checked at GC rounds (`gc_interval`).
+    pub scrub_interval: HumanDuration,
     /// How often GC looks for abandoned uploads (the only chunks it may delete).
     pub gc_interval: HumanDuration,
     /// How long a client's upload may go without a manifest claiming its chunks before
@@ -151,6 +155,7 @@ impl Default for StorageSection {
             chunk_size: ByteSize(1 << 20),
             fsync: true,
             scrub_rate: Rate(8 << 20),
+            scrub_interval: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             gc_interval: HumanDuration(Duration::from_secs(600)),
             upload_grace: HumanDuration(Duration::from_secs(24 * 3600)),
             gc_high_percent: None,
@@ -663,10 +668,12 @@ pub struct ReplicationSection {
     pub factor: u8,
     /// Most copies a client may ask for per file (`ddc-edge put --replicas`).
     pub max_factor: u8,
-    /// How often peers' listings are swept for chunks placed here (also on every
-    /// membership change).
-    pub sweep_interval: HumanDuration,
-    /// Most chunks waiting to be fetched; the next sweep finds what did not fit.
+    /// How often each pair of nodes sharing chunks compares inventory digests (lost
+    /// notices, a crash before a fetch, a disk that lost chunks are found within one
+    /// period). `sweep_interval`, its 0.1 name, is still read.
+    #[serde(alias = "sweep_interval")]
+    pub anti_entropy_interval: HumanDuration,
+    /// Most chunks waiting to be fetched; anti-entropy finds what did not fit.
     pub queue_max: u32,
 }
 
@@ -675,7 +682,7 @@ impl Default for ReplicationSection {
         ReplicationSection {
             factor: 2,
             max_factor: 4,
-            sweep_interval: HumanDuration(Duration::from_secs(60)),
+            anti_entropy_interval: HumanDuration(Duration::from_secs(900)),
             queue_max: 10_000,
         }
     }

@@ -398,10 +398,10 @@ impl Config {
                 ),
             );
         }
-        if r.sweep_interval.0 < Duration::from_secs(1) {
+        if r.anti_entropy_interval.0 < Duration::from_secs(1) {
             return fail(
-                "replication.sweep_interval",
-                format!("expected at least 1s, got {}", r.sweep_interval),
+                "replication.anti_entropy_interval",
+                format!("expected at least 1s, got {}", r.anti_entropy_interval),
             );
         }
         whole("replication.queue_max", r.queue_max as u64, 1, 10_000_000)?;

@@ -36,6 +36,8 @@ pub struct Signal {
     guard: Mutex<ReplayGuard>,
     sessions: Mutex<HashMap<String, Route>>,
     offers: Option<mpsc::Sender<Envelope>>,
+    /// Where replication messages go (the replicator), once it asked for them.
+    repl: Mutex<Option<mpsc::Sender<Envelope>>>,
 }
 
 impl Signal {
@@ -55,6 +57,7 @@ impl Signal {
             guard: Mutex::new(ReplayGuard::default()),
             sessions: Mutex::new(HashMap::new()),
             offers,
+            repl: Mutex::new(None),
         })
     }
 
@@ -79,6 +82,17 @@ impl Signal {
                 reply_to = %crate::logging::printable(&e.reply_to),
                 "signaling message dropped: reply_to is not the sender's own signaling topic"
             );
+            return;
+        }
+        if e.kind == Kind::Repl {
+            let tx = self.repl.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match tx {
+                Some(tx) if tx.try_send(e).is_err() => {
+                    debug!("replication inbox full; message dropped (anti-entropy finds it)")
+                }
+                Some(_) => {}
+                None => debug!("replication message for a node that does not replicate; dropped"),
+            }
             return;
         }
         let route = {
@@ -124,6 +138,14 @@ impl Signal {
                     tx,
                 },
             );
+        rx
+    }
+
+    /// Routes replication messages (kind `repl`) to the returned receiver; at most
+    /// `depth` wait, the rest are dropped.
+    pub fn replication_inbox(&self, depth: usize) -> mpsc::Receiver<Envelope> {
+        let (tx, rx) = mpsc::channel(depth);
+        *self.repl.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }
 

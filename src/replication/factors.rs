@@ -2,9 +2,9 @@
 //!
 //! A client may ask for more copies of a file than the fleet default (`ddc-edge put
 //! --replicas 3`); the factor rides in the file's manifest (`"replicas": 3`). A node that
-//! stores such a manifest records the factor for the manifest and every chunk it lists,
-//! and serves its table to peers (the FACTORS request), which merge it during their
-//! sweeps; placement then uses each chunk's own factor. Factors are capped by
+//! stores such a manifest records the factor for the manifest and every chunk it lists;
+//! notices carry each chunk's factor to its new holders (and the table is still served
+//! to 0.1 peers by the FACTORS request); placement then uses each chunk's own factor. Factors are capped by
 //! `replication.max_factor`. Only chunks above the default are recorded, in an
 //! append-only file (`<data_dir>/replication/factors`) loaded at start.
 

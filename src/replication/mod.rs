@@ -1,37 +1,42 @@
 //! Replication: every chunk lives on `replication.factor` nodes, chosen by rendezvous
 //! hashing over the online nodes with room (docs/replication.md).
 //!
-//! **Pull by the target.** Each node sweeps its peers' listings (LIST over the data
-//! plane), and fetches (GET) the chunks placed on it that it lacks; a node holding a
-//! chunk that is not placed on it deletes its copy once every placed node confirms (HAS)
-//! that it has one ("handoff"), so a file ends with exactly `factor` copies. Pulling keeps
-//! each node in charge of its own disk and budget: a hot or low-battery node simply stops
-//! fetching, and answers other nodes' replication GETs with `busy`, while clients are
-//! still served.
+//! **Push the notice, pull the data.** The [`planner`] (pure) decides; this module's
+//! [`Replicator`] is its driver: it tells the planner what the store, the membership and
+//! the peers say, and carries out what it returns. Notices, digests and listings travel
+//! as signed `repl` messages on the nodes' signal topics ([`wire`], rate-limited per
+//! sender by [`inbox`]); chunks travel over the data plane (GET), and a hand-off deletes
+//! a local copy only once every placed node proved it holds one (HAS, then PROVE). A
+//! paused or hot node simply stops fetching (its budget is zero) and answers other nodes'
+//! replication GETs with `busy`, while clients are still served.
 //!
-//! Pure parts: [`placement`], [`membership`]. Drivers: this module's [`Replicator`] (sweeps
-//! and the fetch worker) and the persistent [`queue`].
+//! Pure parts: [`placement`], [`membership`], [`planner`], [`wire`], [`inbox`]. Drivers:
+//! the [`Replicator`] and the persistent [`queue`] of chunks waiting to be fetched.
 
 pub mod factors;
+pub mod inbox;
 pub mod membership;
 pub mod placement;
 pub mod planner;
 pub mod queue;
+pub mod wire;
 
 use crate::bandwidth::Limiter;
 use crate::dataplane::RtcSettings;
 use crate::dataplane::client::{ClientError, Conn};
-use crate::dataplane::signal::Signal;
+use crate::dataplane::signal::{Signal, node_topic};
 use crate::protocol::Status;
+use crate::signaling::{Envelope, Kind};
 use crate::store::{ChunkId, Store, StoreEvent};
 use membership::Membership;
 use placement::Placement;
+use planner::{Action, Planner};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tracing::{debug, info, warn};
 
 /// Figures for the health message.
@@ -45,35 +50,64 @@ pub struct Stats {
     pub handed_off: AtomicU64,
     /// HAS claims a proof then refuted: a lying or broken member.
     pub failed_proofs: AtomicU64,
-    pub sweeps: AtomicU64,
+    /// Replication messages (notices, digests, listings) sent and taken in.
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    /// Messages refused: from a non-member, over the sender's rate, malformed, or the
+    /// inbox or outbox full.
+    pub messages_dropped: AtomicU64,
+    pub notices_sent: AtomicU64,
+    /// Chunk listings (anti-entropy found a difference) sent and received.
+    pub listings_sent: AtomicU64,
+    pub listings_received: AtomicU64,
 }
+
+/// Replication messages waiting to be published, at most (the rest are dropped and
+/// counted: anti-entropy finds what they said).
+const OUTBOX: usize = 1024;
+/// Incoming replication messages waiting for the planner, at most.
+const INBOX: usize = 256;
+/// Hand-offs (HAS + PROVE to each placed node, then the delete) in flight at once.
+const HANDOFFS: usize = 4;
 
 pub struct Replicator {
     my_id: String,
-    factor: usize,
+    target_factor: usize,
     factors: Arc<factors::Factors>,
-    sweep_interval: Duration,
     store: Arc<Store>,
     signal: Arc<Signal>,
     settings: RtcSettings,
     pub membership: Arc<Mutex<Membership>>,
     changed: Notify,
     budget: Arc<Limiter>,
-    queue: Mutex<queue::Queue>,
-    work: Notify,
     pub stats: Arc<Stats>,
+    planner: Mutex<Planner>,
+    /// The planner's clock starts here.
+    epoch: Instant,
+    /// Something finished (a fetch, a hand-off): poll the planner again.
+    wake: Notify,
+    /// Chunks wanted here, persisted so a restart resumes its fetches at once.
+    queue: Mutex<queue::Queue>,
+    handoffs: Semaphore,
+    outbox: mpsc::Sender<(String, String)>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
+    inbox_rx: Mutex<Option<mpsc::Receiver<Envelope>>>,
+    limits: Mutex<inbox::Limits>,
     conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
     /// Peers whose last connect failed: (failures in a row, no new try before).
     unreachable: Mutex<HashMap<String, (u32, Instant)>>,
-    last_online: Mutex<std::collections::HashSet<String>>,
-    last_sweep: Mutex<Option<Instant>>,
+    last_online: Mutex<HashSet<String>>,
 }
 
 /// How long to leave a peer alone after `failures` failed connects in a row: 30 s,
-/// doubling, at most 15 min. Bounds what silent or fake members cost a sweep.
+/// doubling, at most 15 min. Bounds what silent or fake members cost.
 fn peer_backoff(failures: u32) -> Duration {
     let doublings = failures.clamp(1, 6) - 1;
     Duration::from_secs(30 << doublings).min(Duration::from_secs(900))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Replicator {
@@ -95,47 +129,67 @@ impl Replicator {
         if !queue.is_empty() {
             info!(queued = queue.len(), "replication queue restored");
         }
+        let r = &cfg.replication;
+        let planner_cfg = planner::Config {
+            factor: r.factor as usize,
+            anti_entropy: r.anti_entropy_interval.0,
+            max_wanted: r.queue_max as usize,
+            max_factor: r.max_factor as usize,
+            ..planner::Config::default()
+        };
+        let epoch = Instant::now();
+        let empty = Arc::new(Placement::new(&[], 0));
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let inbox_rx = signal.replication_inbox(INBOX);
         Ok(Arc::new(Replicator {
             my_id: my_id.to_string(),
-            factor: cfg.replication.factor as usize,
+            target_factor: r.factor as usize,
             factors,
-            sweep_interval: cfg.replication.sweep_interval.0,
             store,
             signal,
             settings: RtcSettings::from_config(cfg),
             membership,
             changed: Notify::new(),
             budget,
-            queue: Mutex::new(queue),
-            work: Notify::new(),
             stats,
+            planner: Mutex::new(Planner::new(my_id, planner_cfg, empty, Duration::ZERO)),
+            epoch,
+            wake: Notify::new(),
+            queue: Mutex::new(queue),
+            handoffs: Semaphore::new(HANDOFFS),
+            outbox,
+            outbox_rx: Mutex::new(Some(outbox_rx)),
+            inbox_rx: Mutex::new(Some(inbox_rx)),
+            limits: Mutex::new(inbox::Limits::default()),
             conns: tokio::sync::Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             last_online: Mutex::new(Default::default()),
-            last_sweep: Mutex::new(None),
         }))
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     /// Tells the replicator the membership may have changed (a node came or went).
     pub fn membership_changed(&self) {
         // A peer that (re)appears online gets a fresh chance to connect at once.
         {
-            let online: std::collections::HashSet<String> = self
+            let online: HashSet<String> = self
                 .members()
                 .into_iter()
                 .filter(|m| m.online)
                 .map(|m| m.id)
                 .collect();
-            let mut last = self.last_online.lock().unwrap_or_else(|p| p.into_inner());
-            let mut u = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = lock(&self.last_online);
+            let mut u = lock(&self.unreachable);
             for p in online.difference(&last) {
                 u.remove(p);
             }
             *last = online;
         }
-        // A sweep or fetch waiting on a node that just went offline would block repair
-        // until the request timed out: fail its requests now. (A connection being set up
-        // holds the lock; the sweep that follows skips offline nodes anyway.)
+        // A fetch waiting on a node that just went offline would hold its slot until
+        // the request timed out: fail its requests now.
         if let Ok(mut conns) = self.conns.try_lock() {
             let members = self.members();
             conns.retain(|peer, c| {
@@ -151,63 +205,447 @@ impl Replicator {
 
     pub fn health(&self) -> Value {
         let s = &self.stats;
-        let last = self
-            .last_sweep
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed().as_secs());
+        let (queued, held, passes, planner_bytes) = {
+            let p = lock(&self.planner);
+            (
+                p.wanted(),
+                p.held(),
+                p.anti_entropy_passes(),
+                p.memory_bytes(),
+            )
+        };
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
-            "target_factor": self.factor,
+            "target_factor": self.target_factor,
             "files_with_more_copies": self.factors.len(),
-            "queued": self.queue.lock().unwrap_or_else(|p| p.into_inner()).len(),
-            "pulled_chunks": s.pulled_chunks.load(Ordering::Relaxed),
-            "pulled_bytes": s.pulled_bytes.load(Ordering::Relaxed),
-            "served_bytes": s.served_bytes.load(Ordering::Relaxed),
-            "repaired": s.repaired.load(Ordering::Relaxed),
-            "handed_off": s.handed_off.load(Ordering::Relaxed),
-            "failed_proofs": s.failed_proofs.load(Ordering::Relaxed),
+            "queued": queued,
+            "held": held,
+            "pulled_chunks": n(&s.pulled_chunks),
+            "pulled_bytes": n(&s.pulled_bytes),
+            "served_bytes": n(&s.served_bytes),
+            "repaired": n(&s.repaired),
+            "handed_off": n(&s.handed_off),
+            "failed_proofs": n(&s.failed_proofs),
             "budget_bps": self.budget.current_rate(),
-            "last_sweep_s_ago": last,
-            "sweeps": s.sweeps.load(Ordering::Relaxed),
+            "anti_entropy_passes": passes,
+            "messages_sent": n(&s.messages_sent),
+            "messages_received": n(&s.messages_received),
+            "messages_dropped": n(&s.messages_dropped),
+            "notices_sent": n(&s.notices_sent),
+            "listings_sent": n(&s.listings_sent),
+            "listings_received": n(&s.listings_received),
+            "planner_bytes": planner_bytes,
         })
     }
 
-    /// Runs sweeps (on a timer, on membership changes, on corruption) and the fetch worker.
+    /// Runs the planner: feeds it the store's events, the membership and the peers'
+    /// messages, and carries out its actions, until the agent stops.
     pub async fn run(self: Arc<Self>) {
-        tokio::spawn(Arc::clone(&self).worker());
         let mut events = self.store.subscribe();
-        // Let the retained membership arrive before the first sweep.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        loop {
-            if let Err(e) = self.sweep().await {
-                warn!(error = %e, "replication sweep failed");
-            }
+        if let Some(rx) = lock(&self.outbox_rx).take() {
+            tokio::spawn(Arc::clone(&self).publisher(rx));
+        }
+        let Some(mut inbox) = lock(&self.inbox_rx).take() else {
+            return;
+        };
+        self.load_inventory().await;
+        // Place once the retained membership is in (no change for a second, at most
+        // ten): placing against a half-known fleet would make this node tell the nodes
+        // that arrive later about every chunk it holds.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
             tokio::select! {
-                _ = tokio::time::sleep(self.sweep_interval) => {}
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => break,
+            }
+        }
+        self.apply_membership();
+        self.restore_queue();
+        loop {
+            self.dispatch();
+            let deadline = lock(&self.planner)
+                .poll_timeout()
+                .min(self.now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until((self.epoch + deadline).into()) => {
+                    let now = self.now();
+                    lock(&self.planner).handle_timeout(now);
+                }
+                _ = self.wake.notified() => {}
                 _ = self.changed.notified() => {
                     // Let a burst of membership messages settle.
                     tokio::time::sleep(Duration::from_millis(300)).await;
+                    self.apply_membership();
                 }
-                ev = events.recv() => {
-                    if let Ok(StoreEvent::ChunkCorrupt { id, .. }) = ev {
-                        self.repair(id).await;
+                ev = events.recv() => self.on_store_event(ev).await,
+                Some(e) = inbox.recv() => self.on_message(e),
+            }
+        }
+    }
+
+    fn members(&self) -> Vec<placement::Member> {
+        lock(&self.membership).members()
+    }
+
+    fn min_free(&self) -> u64 {
+        self.store.config().max_chunk
+    }
+
+    /// A new membership view for the planner, if it places anything differently.
+    fn apply_membership(&self) {
+        let view = Placement::new(&self.members(), self.min_free());
+        let now = self.now();
+        let mut p = lock(&self.planner);
+        if !p.placement().same_view(&view) {
+            debug!(eligible = view.eligible(), "membership view changed");
+            p.set_placement(now, Arc::new(view));
+        }
+    }
+
+    /// The store's chunks, told to the planner at start.
+    async fn load_inventory(&self) {
+        let store = Arc::clone(&self.store);
+        let ids = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            let _ = store.for_each(|id, _| {
+                v.push(id);
+                true
+            });
+            v
+        })
+        .await
+        .unwrap_or_default();
+        let mut p = lock(&self.planner);
+        for id in &ids {
+            p.load(*id, self.factors.get(id));
+        }
+        info!(chunks = ids.len(), "replication inventory loaded");
+    }
+
+    /// The fetches a previous run had not finished: wanted again from the same source.
+    fn restore_queue(&self) {
+        let now = self.now();
+        let mut q = lock(&self.queue);
+        let items: Vec<queue::Item> = q.items().cloned().collect();
+        let mut p = lock(&self.planner);
+        for i in items {
+            let f = self.factors.get(&i.id).min(u8::MAX as usize) as u8;
+            p.on_notice(now, &i.from, &[(i.id, f)]);
+            if !p.wants(&i.id) {
+                let _ = q.done(&i.id);
+            }
+        }
+    }
+
+    /// The store missed us some events: compare its inventory with the planner's.
+    async fn resync(&self) {
+        let store = Arc::clone(&self.store);
+        let ids: HashSet<ChunkId> = tokio::task::spawn_blocking(move || {
+            let mut v = HashSet::new();
+            let _ = store.for_each(|id, _| {
+                v.insert(id);
+                true
+            });
+            v
+        })
+        .await
+        .unwrap_or_default();
+        let now = self.now();
+        let mut p = lock(&self.planner);
+        let gone: Vec<ChunkId> = p.held_ids().filter(|i| !ids.contains(i)).copied().collect();
+        for id in &gone {
+            p.removed(id);
+        }
+        let new: Vec<ChunkId> = ids.into_iter().filter(|i| !p.holds(i)).collect();
+        for id in &new {
+            // Ours or a replica: telling its placed nodes again costs a notice at most.
+            p.stored(now, *id, self.factors.get(id));
+        }
+        info!(
+            gone = gone.len(),
+            new = new.len(),
+            "replication inventory re-read after missed store events"
+        );
+    }
+
+    async fn on_store_event(&self, ev: Result<StoreEvent, broadcast::error::RecvError>) {
+        let now = self.now();
+        match ev {
+            Ok(StoreEvent::Stored {
+                id,
+                replica,
+                manifest,
+            }) => {
+                {
+                    let mut p = lock(&self.planner);
+                    if replica {
+                        p.stored_replica(id, self.factors.get(&id));
+                    } else {
+                        p.stored(now, id, self.factors.get(&id));
+                    }
+                }
+                if manifest {
+                    self.raise_factors(id, replica).await;
+                }
+            }
+            Ok(StoreEvent::Removed { id }) => lock(&self.planner).removed(&id),
+            Ok(StoreEvent::ChunkCorrupt { id, .. }) => {
+                let mut p = lock(&self.planner);
+                p.corrupt(now, &id, self.factors.get(&id));
+                if p.wants(&id) {
+                    info!(%id, "re-fetching a corrupt chunk from its other placed nodes");
+                    self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    /// A manifest asking for more copies than the default arrived: record its factor
+    /// and place its chunks held here with it (an upload's are told to the new targets).
+    async fn raise_factors(&self, manifest: ChunkId, replica: bool) {
+        let store = Arc::clone(&self.store);
+        let Ok(Ok(data)) = tokio::task::spawn_blocking(move || store.get(&manifest)).await else {
+            return;
+        };
+        let Ok(m) = crate::store::Manifest::decode(&data) else {
+            return;
+        };
+        if m.replicas.is_none() {
+            return;
+        }
+        let _ = self.factors.record_manifest(manifest, &data);
+        let now = self.now();
+        let mut p = lock(&self.planner);
+        for id in m.chunks.iter().chain([&manifest]) {
+            let f = self.factors.get(id);
+            if f > self.target_factor && p.holds(id) {
+                if replica {
+                    p.stored_replica(*id, f);
+                } else {
+                    p.stored(now, *id, f);
+                }
+            }
+        }
+    }
+
+    /// A replication message from another node (its signature already checked).
+    fn on_message(&self, e: Envelope) {
+        let now = self.now();
+        let drop = |why: &str| {
+            self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(from = %e.from, reason = why, "replication message dropped");
+        };
+        if !lock(&self.membership).is_member(&e.from) {
+            return drop("not a member of this fleet");
+        }
+        if !lock(&self.limits).allow(&e.from, now) {
+            return drop("over the sender's rate limit");
+        }
+        let msg = match wire::decode(&e.body) {
+            Ok(m) => m,
+            Err(why) => {
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(from = %e.from, reason = %crate::logging::printable(&why), "malformed replication message dropped");
+                return;
+            }
+        };
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let from = e.from.as_str();
+        let mut p = lock(&self.planner);
+        match msg {
+            wire::Message::Notice(ids) => {
+                for (id, f) in &ids {
+                    let _ = self.factors.record(*id, *f);
+                }
+                p.on_notice(now, from, &ids);
+                let mut q = lock(&self.queue);
+                for (id, _) in &ids {
+                    if p.wants(id) {
+                        let _ = q.push(*id, from, 0);
+                    }
+                }
+            }
+            wire::Message::Digest(d) => p.on_digest(from, d),
+            wire::Message::Buckets(b) => p.on_buckets(from, &b),
+            wire::Message::Listing {
+                reply,
+                buckets,
+                ids,
+            } => {
+                self.stats.listings_received.fetch_add(1, Ordering::Relaxed);
+                p.on_listing(now, from, &buckets, &ids, reply);
+                let mut q = lock(&self.queue);
+                for id in &ids {
+                    if p.wants(id) {
+                        let _ = q.push(*id, from, 0);
                     }
                 }
             }
         }
     }
 
-    fn members(&self) -> Vec<placement::Member> {
-        self.membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .members()
+    /// Carries out everything the planner wants done now.
+    fn dispatch(self: &Arc<Self>) {
+        loop {
+            let now = self.now();
+            let Some(a) = lock(&self.planner).poll_action(now) else {
+                return;
+            };
+            match a {
+                Action::Fetch { id, from } => {
+                    tokio::spawn(Arc::clone(self).fetch(id, from));
+                }
+                Action::HandOff { id, targets } => {
+                    tokio::spawn(Arc::clone(self).hand_off(id, targets));
+                }
+                other => {
+                    let counter = match &other {
+                        Action::Notify { .. } => Some(&self.stats.notices_sent),
+                        Action::Listing { .. } => Some(&self.stats.listings_sent),
+                        _ => None,
+                    };
+                    for m in wire::encode(&other) {
+                        if self.outbox.try_send(m).is_err() {
+                            self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                            debug!(
+                                "replication outbox full; message dropped (anti-entropy finds it)"
+                            );
+                        } else if let Some(c) = counter {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes replication messages, one at a time.
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, String)>) {
+        while let Some((to, body)) = rx.recv().await {
+            let topic = node_topic(&self.signal.prefix, &to);
+            self.signal
+                .send(&to, &topic, Kind::Repl, "repl", body)
+                .await;
+            self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// GETs one chunk within the replication budget and stores it as a replica.
+    async fn fetch(self: Arc<Self>, id: ChunkId, from: String) {
+        // Wait while replication is paused; the bytes themselves are paid for as they
+        // arrive (see Conn::connect_paced), so a transfer in flight waits too.
+        self.budget.acquire(0).await;
+        let outcome = match self.conn(&from).await {
+            Ok(conn) => conn.get(&id).await,
+            Err(e) => Err(e),
+        };
+        let ok = match outcome {
+            Ok(data) => {
+                let n = data.len() as u64;
+                let store = Arc::clone(&self.store);
+                match tokio::task::spawn_blocking(move || store.put_replica(&data, id)).await {
+                    Ok(Ok(_)) => {
+                        self.stats.pulled_chunks.fetch_add(1, Ordering::Relaxed);
+                        self.stats.pulled_bytes.fetch_add(n, Ordering::Relaxed);
+                        lock(&self.planner).stored_replica(id, self.factors.get(&id));
+                        true
+                    }
+                    other => {
+                        warn!(%id, result = ?other.map(|r| r.map(|_| ())), "storing a replicated chunk failed");
+                        false
+                    }
+                }
+            }
+            Err(ClientError::Status(Status::Busy, _)) => {
+                let now = self.now();
+                lock(&self.planner).busy(now, &id);
+                self.wake.notify_one();
+                return;
+            }
+            Err(e) => {
+                debug!(%id, %from, error = %e, "replication fetch failed");
+                if !matches!(e, ClientError::Status(..)) {
+                    self.drop_conn(&from).await;
+                }
+                false
+            }
+        };
+        if ok {
+            let _ = lock(&self.queue).done(&id);
+        }
+        let now = self.now();
+        lock(&self.planner).fetched(now, &id, ok);
+        self.wake.notify_one();
+    }
+
+    /// Deletes the local copy of `id` if every one of `targets` (its placed nodes)
+    /// proves it holds a copy: HAS first (to skip the hopeless), then PROVE, checked
+    /// against our own copy. A holder that claims a chunk and fails the proof is logged:
+    /// it is lying or broken.
+    async fn hand_off(self: Arc<Self>, id: ChunkId, targets: Vec<String>) {
+        let Ok(_slot) = self.handoffs.acquire().await else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let data = match tokio::task::spawn_blocking(move || store.get(&id)).await {
+            Ok(Ok(d)) => d,
+            _ => {
+                // Gone or corrupt: the store's event says which.
+                let now = self.now();
+                lock(&self.planner).handed_off(now, &id, false, &[]);
+                return;
+            }
+        };
+        let mut proved: Vec<&str> = Vec::new();
+        let mut unproven: Vec<String> = Vec::new();
+        for peer in &targets {
+            let held = match self.conn(peer).await {
+                Ok(conn) => match conn.has(&[id]).await {
+                    Ok(b) if b == [true] => match conn.proves(&id, &data).await {
+                        Ok(true) => true,
+                        Ok(false) => {
+                            self.stats.failed_proofs.fetch_add(1, Ordering::Relaxed);
+                            warn!(%peer, chunk = %id, "a node claimed a chunk (HAS) but failed to prove it: keeping our copy");
+                            false
+                        }
+                        Err(e) => {
+                            debug!(%peer, chunk = %id, error = %e, "proof request failed");
+                            false
+                        }
+                    },
+                    _ => false,
+                },
+                Err(_) => false,
+            };
+            if held {
+                proved.push(peer);
+            } else {
+                unproven.push(peer.clone());
+            }
+        }
+        let placed: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let factor = self.factors.get(&id);
+        let mut deleted = false;
+        if crate::store::retention::redundant(&self.my_id, &placed, factor, |p| proved.contains(&p))
+        {
+            let store = Arc::clone(&self.store);
+            if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.delete(&id)).await {
+                deleted = true;
+                self.stats.handed_off.fetch_add(1, Ordering::Relaxed);
+                debug!(%id, "handed off: every placed node proved its copy");
+            }
+        }
+        let now = self.now();
+        lock(&self.planner).handed_off(now, &id, deleted, &unproven);
+        self.wake.notify_one();
     }
 
     /// A connection to `peer`: the open one, or a new one unless the peer failed to
     /// connect recently (then it is skipped at once until its backoff ends, so members
-    /// that never answer cannot stall sweeps). Connects are not serialized: a sweep warms
-    /// up all its peers at once.
+    /// that never answer cannot stall replication).
     async fn conn(&self, peer: &str) -> Result<Arc<Conn>, ClientError> {
         {
             let mut conns = self.conns.lock().await;
@@ -268,343 +706,5 @@ impl Replicator {
 
     async fn drop_conn(&self, peer: &str) {
         self.conns.lock().await.remove(peer);
-    }
-
-    fn min_free(&self) -> u64 {
-        self.store.config().max_chunk
-    }
-
-    /// One pass: queue what is placed here and missing; pin what is placed here; hand
-    /// off what is not, once its placed holders confirm.
-    async fn sweep(&self) -> anyhow::Result<()> {
-        self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
-        let members = self.members();
-        let mut peers: Vec<String> = members
-            .iter()
-            .filter(|m| m.online && m.id != self.my_id)
-            .map(|m| m.id.clone())
-            .collect();
-        // A chunk is queued with the first peer that lists it: list paused peers last so
-        // that, where another holder exists, the queue fetches from it.
-        peers.sort_by_cached_key(|p| self.is_paused(p));
-        let min_free = self.min_free();
-        let placement = Placement::new(&members, min_free);
-        // Connect to every peer at once (at most 8 connects in flight): one slow or
-        // silent peer costs the sweep one connect timeout, not one per peer.
-        {
-            use futures::StreamExt;
-            let mut warm = futures::stream::FuturesUnordered::new();
-            for p in &peers {
-                warm.push(self.conn(p));
-                if warm.len() >= 8 {
-                    warm.next().await;
-                }
-            }
-            while warm.next().await.is_some() {}
-        }
-
-        // Per-file factors first: a chunk may want more copies than the default.
-        for peer in &peers {
-            let Ok(conn) = self.conn(peer).await else {
-                continue;
-            };
-            let mut after: Option<ChunkId> = None;
-            while let Ok((page, more)) = conn.factors(after.as_ref(), 1024).await {
-                for (id, f) in &page {
-                    let _ = self.factors.record(*id, *f);
-                }
-                after = page.last().map(|(id, _)| *id);
-                if !more || after.is_none() {
-                    break;
-                }
-            }
-        }
-
-        // Pulls, from every peer's listing.
-        let mut queued = 0usize;
-        for peer in &peers {
-            let conn = match self.conn(peer).await {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(%peer, error = %e, "cannot list a peer this sweep");
-                    continue;
-                }
-            };
-            let mut after: Option<ChunkId> = None;
-            loop {
-                let (page, more) = match conn.list(after.as_ref(), 1024).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        debug!(%peer, error = %e, "listing failed");
-                        self.drop_conn(peer).await;
-                        break;
-                    }
-                };
-                let ids: Vec<ChunkId> = page.iter().map(|(id, _)| *id).collect();
-                let have = {
-                    let store = Arc::clone(&self.store);
-                    tokio::task::spawn_blocking(move || {
-                        ids.iter().map(|id| store.has(id)).collect::<Vec<bool>>()
-                    })
-                    .await?
-                };
-                {
-                    let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                    for ((id, size), has) in page.iter().zip(have) {
-                        if !has
-                            && placement
-                                .place(id, self.factors.get(id))
-                                .contains(&self.my_id.as_str())
-                            && q.push(*id, peer, *size)?
-                        {
-                            queued += 1;
-                        }
-                    }
-                }
-                after = page.last().map(|(id, _)| *id);
-                if !more || after.is_none() {
-                    break;
-                }
-            }
-        }
-        if queued > 0 {
-            debug!(queued, "chunks queued for replication");
-            self.work.notify_one();
-        }
-
-        // Local chunks: hand off what is not placed here, once its holders prove it.
-        let store = Arc::clone(&self.store);
-        let local: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
-            let mut v = Vec::new();
-            let _ = store.for_each(|id, _| {
-                v.push(id);
-                true
-            });
-            v
-        })
-        .await?;
-        let eligible = placement.eligible();
-        let mut handoff: HashMap<String, Vec<ChunkId>> = HashMap::new();
-        let mut candidates: Vec<(ChunkId, Vec<String>)> = Vec::new();
-        for id in local {
-            let factor = self.factors.get(&id);
-            let targets: Vec<String> = placement
-                .place(&id, factor)
-                .into_iter()
-                .map(String::from)
-                .collect();
-            if !targets.contains(&self.my_id) && eligible >= factor && targets.len() == factor {
-                for t in &targets {
-                    handoff.entry(t.clone()).or_default().push(id);
-                }
-                candidates.push((id, targets));
-            }
-        }
-        if !candidates.is_empty() {
-            self.hand_off(handoff, candidates).await?;
-        }
-        *self.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        Ok(())
-    }
-
-    /// Deletes the local copies whose placed holders all prove they hold theirs. HAS
-    /// first (one round trip for a batch) to skip the hopeless, then one PROVE per
-    /// (chunk, holder), checked against our own copy. A holder that claims a chunk and
-    /// fails the proof is logged: it is lying or broken.
-    async fn hand_off(
-        &self,
-        by_peer: HashMap<String, Vec<ChunkId>>,
-        candidates: Vec<(ChunkId, Vec<String>)>,
-    ) -> anyhow::Result<()> {
-        let mut proved: std::collections::HashSet<(String, ChunkId)> = Default::default();
-        for (peer, ids) in &by_peer {
-            let Ok(conn) = self.conn(peer).await else {
-                continue;
-            };
-            let Ok(bits) = conn.has(ids).await else {
-                continue;
-            };
-            for (id, _) in ids.iter().zip(bits).filter(|(_, b)| *b) {
-                let store = Arc::clone(&self.store);
-                let id = *id;
-                let Ok(Ok(data)) = tokio::task::spawn_blocking(move || store.get(&id)).await else {
-                    continue;
-                };
-                match conn.proves(&id, &data).await {
-                    Ok(true) => {
-                        proved.insert((peer.clone(), id));
-                    }
-                    Ok(false) => {
-                        self.stats.failed_proofs.fetch_add(1, Ordering::Relaxed);
-                        warn!(%peer, chunk = %id, "a node claimed a chunk (HAS) but failed to prove it: keeping our copy");
-                    }
-                    Err(e) => debug!(%peer, chunk = %id, error = %e, "proof request failed"),
-                }
-            }
-        }
-        let mut n = 0;
-        for (id, targets) in candidates {
-            let placed: Vec<&str> = targets.iter().map(String::as_str).collect();
-            let factor = placed.len();
-            if crate::store::retention::redundant(&self.my_id, &placed, factor, |p| {
-                proved.contains(&(p.to_string(), id))
-            }) {
-                let store = Arc::clone(&self.store);
-                if tokio::task::spawn_blocking(move || store.delete(&id))
-                    .await?
-                    .is_ok()
-                {
-                    n += 1;
-                }
-            }
-        }
-        if n > 0 {
-            self.stats.handed_off.fetch_add(n, Ordering::Relaxed);
-            info!(
-                chunks = n,
-                "handed off chunks their placed nodes proved they hold"
-            );
-        }
-        Ok(())
-    }
-
-    /// A chunk failed verification here: fetch it again from a node that has it.
-    async fn repair(&self, id: ChunkId) {
-        let size = self.min_free();
-        for peer in self
-            .membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .online()
-        {
-            if peer != self.my_id {
-                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.push(id, &peer, size).unwrap_or(false) {
-                    info!(%id, from = %peer, "re-fetching a corrupt chunk from a replica");
-                    self.stats.repaired.fetch_add(1, Ordering::Relaxed);
-                    self.work.notify_one();
-                }
-                break;
-            }
-        }
-    }
-
-    /// Fetches queued chunks, spending the replication budget: at `paused` the budget is
-    /// zero and this waits; at `reduced` it goes at a quarter of the rate.
-    async fn worker(self: Arc<Self>) {
-        loop {
-            let next = self
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .front()
-                .cloned();
-            let Some(item) = next else {
-                tokio::select! {
-                    _ = self.work.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-                continue;
-            };
-            if self.store.has(&item.id) {
-                let _ = self
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .done(&item.id);
-                continue;
-            }
-            // Wait while replication is paused; the bytes themselves are paid for as they
-            // arrive (see Conn::connect_paced), so a transfer in flight waits too.
-            self.budget.acquire(0).await;
-            // Its holder paused since the item was queued: another holder answers sooner.
-            let mut item = item;
-            if self.is_paused(&item.from)
-                && let Some(other) = self.other_holder(&item).await
-            {
-                item.from = other;
-            }
-            let outcome = match self.conn(&item.from).await {
-                Ok(conn) => conn.get(&item.id).await,
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(data) => {
-                    let n = data.len() as u64;
-                    let store = Arc::clone(&self.store);
-                    let id = item.id;
-                    let stored =
-                        tokio::task::spawn_blocking(move || store.put_replica(&data, id)).await;
-                    match stored {
-                        Ok(Ok(_)) => {
-                            self.stats.pulled_chunks.fetch_add(1, Ordering::Relaxed);
-                            self.stats.pulled_bytes.fetch_add(n, Ordering::Relaxed);
-                            let _ = self
-                                .queue
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .done(&item.id);
-                        }
-                        other => {
-                            warn!(id = %item.id, result = ?other.map(|r| r.map(|_| ())), "storing a replicated chunk failed");
-                            let _ = self
-                                .queue
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .retry_later(&item.id, None);
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Busy (a paused holder), gone, or unreachable: try another holder later.
-                    let busy = matches!(e, ClientError::Status(Status::Busy, _));
-                    if !busy {
-                        debug!(id = %item.id, from = %item.from, error = %e, "replication fetch failed");
-                        if !matches!(e, ClientError::Status(..)) {
-                            self.drop_conn(&item.from).await;
-                        }
-                    }
-                    let other = self.other_holder(&item).await;
-                    let _ = self
-                        .queue
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .retry_later(&item.id, other.as_deref());
-                    // With another holder to ask, go on at once; otherwise give the
-                    // fleet a moment (a paused holder answers `busy` immediately).
-                    if other.is_none() {
-                        tokio::time::sleep(Duration::from_millis(if busy { 500 } else { 200 }))
-                            .await;
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_paused(&self, peer: &str) -> bool {
-        self.membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_paused(peer)
-    }
-
-    /// Another online node, not paused, that reports having the chunk.
-    async fn other_holder(&self, item: &queue::Item) -> Option<String> {
-        let peers: Vec<String> = {
-            let m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
-            m.online()
-                .into_iter()
-                .filter(|p| *p != self.my_id && *p != item.from && !m.is_paused(p))
-                .collect()
-        };
-        for peer in peers {
-            if let Ok(conn) = self.conn(&peer).await
-                && conn.has(&[item.id]).await.is_ok_and(|h| h == [true])
-            {
-                return Some(peer);
-            }
-        }
-        None
     }
 }

@@ -135,6 +135,11 @@ impl Placement {
         }
     }
 
+    /// Whether two views place every chunk alike (same eligible nodes and version).
+    pub fn same_view(&self, other: &Placement) -> bool {
+        self.version == other.version && self.nodes == other.nodes
+    }
+
     /// Whether `node` may be given replicas in this view.
     pub fn contains(&self, node: &str) -> bool {
         self.seed_of(node).is_some()

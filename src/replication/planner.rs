@@ -44,6 +44,9 @@ const HANDOFF_DELAY: Duration = Duration::from_secs(30);
 /// than one leaving it (which has all of its chunks to hand out).
 const GATHER: Duration = Duration::from_secs(1);
 
+/// How soon a fetch refused `busy` is tried again (with the next source).
+const BUSY_RETRY: Duration = Duration::from_secs(5);
+
 /// What the planner asks of its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -144,6 +147,7 @@ pub struct Planner {
     /// Per partner seed, the digest of the chunks placed on both: built on first use
     /// after a change, so a partner's digest costs a lookup, not a pass.
     pairs: Option<HashMap<u64, Digest>>,
+    passes: u64,
 }
 
 impl Planner {
@@ -163,6 +167,7 @@ impl Planner {
             handing_off: HashMap::new(),
             out: VecDeque::new(),
             pairs: None,
+            passes: 0,
         }
     }
 
@@ -205,7 +210,7 @@ impl Planner {
             self.notify(t, id, factor);
         }
         if !placed_here {
-            self.handing_off.insert(id, now + HANDOFF_DELAY);
+            self.handing_off.insert(id, now + self.handoff_delay());
         }
     }
 
@@ -278,7 +283,7 @@ impl Planner {
                 }
             }
             if !after.contains(&self.me) && self.placement.eligible() >= factor {
-                self.handing_off.insert(id, now + HANDOFF_DELAY);
+                self.handing_off.insert(id, now + self.handoff_delay());
             }
         }
         // What we wanted may no longer be placed here.
@@ -331,12 +336,78 @@ impl Planner {
     }
 
     /// A hand-off ended: deleted (its holders proved theirs) or kept (try again later).
-    pub fn handed_off(&mut self, now: Duration, id: &ChunkId, deleted: bool) {
+    /// `unproven`: the targets that did not prove a copy; they are told again (their
+    /// notice may have been lost, or their copy was bad), since no anti-entropy pass
+    /// covers a chunk held by a node it is not placed on.
+    pub fn handed_off(&mut self, now: Duration, id: &ChunkId, deleted: bool, unproven: &[String]) {
         if deleted {
             self.removed(id);
         } else if self.handing_off.contains_key(id) {
             self.handing_off.insert(*id, now + self.cfg.anti_entropy);
+            let factor = self
+                .held
+                .get(id)
+                .map_or(self.cfg.factor, |h| h.factor as usize);
+            for t in unproven {
+                if *t != self.me {
+                    self.notify(t.clone(), *id, factor);
+                }
+            }
         }
+    }
+
+    /// How long after a chunk stops being placed here its hand-off is first tried.
+    fn handoff_delay(&self) -> Duration {
+        HANDOFF_DELAY.min(self.cfg.anti_entropy)
+    }
+
+    /// A fetch was refused `busy` (the source paused its replication): not a failure of
+    /// the chunk, so no backoff; the next source, in a few seconds.
+    pub fn busy(&mut self, now: Duration, id: &ChunkId) {
+        let Some(w) = self.wanted.get_mut(id) else {
+            return;
+        };
+        if w.in_flight {
+            w.in_flight = false;
+            self.in_flight -= 1;
+        }
+        w.not_before = now + BUSY_RETRY;
+        if w.sources.len() > 1 {
+            w.sources.rotate_left(1);
+        }
+    }
+
+    /// Our copy of `id` failed verification (and was quarantined): fetch it again from
+    /// the other nodes it is placed on, which should hold it.
+    pub fn corrupt(&mut self, now: Duration, id: &ChunkId, factor: usize) {
+        self.removed(id);
+        let factor = factor.clamp(1, self.cfg.max_factor);
+        let targets = self.targets(id, factor);
+        if targets.contains(&self.me) {
+            for t in targets.iter().rev() {
+                self.want(now, *id, factor, t);
+            }
+        }
+    }
+
+    /// The chunks the planner thinks are held here (to compare with the store).
+    pub fn held_ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.held.keys()
+    }
+
+    /// The membership view the planner places with.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Anti-entropy passes started so far.
+    pub fn anti_entropy_passes(&self) -> u64 {
+        self.passes
+    }
+
+    /// Whether `id` waits to be fetched.
+    pub fn wants(&self, id: &ChunkId) -> bool {
+        self.wanted.contains_key(id)
     }
 
     /// Anti-entropy: a partner's digest of the chunks placed on both of us.
@@ -489,6 +560,7 @@ impl Planner {
             return;
         }
         self.next_anti_entropy = now + self.cfg.anti_entropy;
+        self.passes += 1;
         // One digest per partner, sent by the partner with the lower seed.
         let my_seed = self.my_seed;
         let digests: Vec<(u64, Digest)> = self
@@ -535,6 +607,10 @@ impl Planner {
                     w.sources.remove(0);
                 }
                 w.sources.push(from.to_string());
+                // A new holder is fresh news: try it soon, whatever the old ones cost.
+                if !w.in_flight {
+                    w.not_before = w.not_before.min(now + GATHER);
+                }
             }
             return;
         }
@@ -721,7 +797,7 @@ mod tests {
                                 let proved = targets
                                     .iter()
                                     .all(|t| self.planners[Self::ix(t)].holds(&id));
-                                self.planners[i].handed_off(now, &id, proved);
+                                self.planners[i].handed_off(now, &id, proved, &[]);
                             }
                         }
                     }
@@ -834,5 +910,66 @@ mod tests {
             panic!("expected a retry");
         };
         assert_ne!(from, again, "the other holder");
+    }
+
+    /// A chunk whose holders all failed (they held bad copies, found when we fetched)
+    /// backs off for minutes; a notice from a new holder, or its copy going bad here,
+    /// must not wait that out. `busy` is not a failure: no backoff.
+    #[test]
+    fn a_new_holder_ends_a_backoff_and_busy_is_not_a_failure() {
+        let p = Arc::new(Placement::new(&members(5), 0));
+        let mut a = Planner::new("node0", Config::default(), Arc::clone(&p), Duration::ZERO);
+        let id = (0..100u64)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .find(|c| p.place(c, 2).contains(&"node0"))
+            .unwrap();
+        let mut t = Duration::ZERO;
+        a.on_notice(t, "node1", &[(id, 2)]);
+        for _ in 0..8 {
+            t = a.poll_timeout();
+            assert!(matches!(a.poll_action(t), Some(Action::Fetch { .. })));
+            a.fetched(t, &id, false);
+        }
+        assert!(
+            a.poll_timeout() >= t + Duration::from_secs(250),
+            "backed off for minutes"
+        );
+        a.on_notice(t, "node3", &[(id, 2)]);
+        assert_eq!(a.poll_timeout(), t + GATHER);
+        let t = t + GATHER;
+        assert_eq!(
+            a.poll_action(t),
+            Some(Action::Fetch {
+                id,
+                from: "node3".into()
+            })
+        );
+        a.busy(t, &id);
+        assert_eq!(a.poll_timeout(), t + BUSY_RETRY);
+        // A hand-off that found a target without a proven copy tells it again.
+        let mut b = Planner::new("node4", Config::default(), Arc::clone(&p), Duration::ZERO);
+        let other = (0..100u64)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .find(|c| !p.place(c, 2).contains(&"node4"))
+            .unwrap();
+        b.stored(t, other, 2);
+        while b.poll_action(t).is_some() {}
+        let targets: Vec<String> = p.place(&other, 2).iter().map(|s| s.to_string()).collect();
+        let t = b.poll_timeout();
+        assert_eq!(
+            b.poll_action(t),
+            Some(Action::HandOff {
+                id: other,
+                targets: targets.clone()
+            })
+        );
+        b.handed_off(t, &other, false, &targets[1..]);
+        assert_eq!(
+            b.poll_action(t),
+            Some(Action::Notify {
+                to: targets[1].clone(),
+                ids: vec![(other, 2)]
+            })
+        );
     }
 }

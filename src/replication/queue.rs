@@ -3,8 +3,8 @@
 //! Persistent and bounded: an append-only log in `<data_dir>/replication/queue`
 //! (`A <id> <from> <size>` to add, `D <id>` when done), replayed at start and compacted
 //! when it grows, so a restart resumes where it stopped; at most `max` entries, so memory
-//! stays bounded however much the fleet holds (the next sweep finds what did not fit).
-//! Losing the tail to a power cut only delays work: sweeps rediscover it.
+//! stays bounded however much the fleet holds (anti-entropy finds what did not fit).
+//! Losing the tail to a power cut only delays work: anti-entropy rediscovers it.
 
 use crate::store::ChunkId;
 use std::collections::{HashSet, VecDeque};
@@ -31,18 +31,18 @@ pub struct Queue {
     log_lines: usize,
 }
 
-/// Attempts before an item is dropped (the next sweep queues it again if still needed).
+/// Attempts before an item is dropped (anti-entropy finds it again if still needed).
 pub const MAX_ATTEMPTS: u32 = 5;
 
 impl Queue {
     pub fn open(dir: &Path, max: usize) -> io::Result<Queue> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("queue");
-        // The queue is derived state (every sweep queues what is missing again), so a
+        // The queue is derived state (anti-entropy finds what is missing again), so a
         // damaged file is rebuilt rather than trusted: loudly, never silently emptied.
         let text = match std::fs::read(&path) {
             Ok(b) => String::from_utf8(b).unwrap_or_else(|_| {
-                error!(file = %path.display(), "replication queue is not UTF-8 text; starting empty, the next sweep rebuilds it");
+                error!(file = %path.display(), "replication queue is not UTF-8 text; starting empty, anti-entropy rebuilds it");
                 String::new()
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -93,7 +93,7 @@ impl Queue {
             error!(
                 file = %path.display(),
                 bad_lines = bad,
-                "replication queue has damaged lines; starting empty, the next sweep rebuilds it"
+                "replication queue has damaged lines; starting empty, anti-entropy rebuilds it"
             );
             items.clear();
             ids.clear();
@@ -138,6 +138,11 @@ impl Queue {
             attempts: 0,
         });
         Ok(true)
+    }
+
+    /// Every item, oldest first.
+    pub fn items(&self) -> impl Iterator<Item = &Item> {
+        self.items.iter()
     }
 
     /// The next item, without removing it.
@@ -258,7 +263,7 @@ A {} b 6
         )
         .unwrap();
         let q = Queue::open(d.path(), 10).unwrap();
-        assert!(q.is_empty(), "the next sweep queues what is missing again");
+        assert!(q.is_empty(), "anti-entropy finds what is missing again");
         std::fs::write(d.path().join("queue"), [0xff, 0xfe, b'\n']).unwrap();
         assert!(Queue::open(d.path(), 10).unwrap().is_empty());
     }

@@ -100,6 +100,19 @@ pub enum StoreEvent {
         counted: Counters,
         actual: Counters,
     },
+    /// A chunk new here: a client's upload, or (`replica`) another node's copy fetched
+    /// by replication. The replicator tells the chunk's placed nodes about uploads.
+    /// `manifest`: it looks like a file manifest (it may ask for more copies).
+    Stored {
+        id: ChunkId,
+        replica: bool,
+        manifest: bool,
+    },
+    /// A chunk left the store (handed off, garbage-collected). Quarantine is reported
+    /// as [`StoreEvent::ChunkCorrupt`].
+    Removed {
+        id: ChunkId,
+    },
 }
 
 /// Store settings, resolved from `[storage]`.
@@ -293,7 +306,9 @@ impl Store {
                 context: format!("reading {}", root.join("state/uploads").display()),
                 source: e,
             })?;
-        let (events, _) = broadcast::channel(64);
+        // Deep enough for a burst of uploads between two wake-ups of the replicator; one that
+        // falls behind re-reads the inventory (replication::Replicator).
+        let (events, _) = broadcast::channel(1024);
         let store = Store {
             cfg: cfg.clone(),
             inner: Mutex::new(Inner {
@@ -450,6 +465,13 @@ impl Store {
                     .map_err(StoreError::io("appending to the upload ledger"))?,
                 _ => {}
             }
+            if matches!(outcome, PutOutcome::Stored(_)) {
+                let _ = self.events.send(StoreEvent::Stored {
+                    id: expected,
+                    replica: false,
+                    manifest: manifest::looks_like(data),
+                });
+            }
             return Ok(outcome);
         }
     }
@@ -461,6 +483,13 @@ impl Store {
         self.ledger()
             .claim(&expected)
             .map_err(StoreError::io("appending to the upload ledger"))?;
+        if matches!(outcome, PutOutcome::Stored(_)) {
+            let _ = self.events.send(StoreEvent::Stored {
+                id: expected,
+                replica: true,
+                manifest: manifest::looks_like(data),
+            });
+        }
         Ok(outcome)
     }
 
@@ -855,6 +884,7 @@ impl Store {
             crate::fsutil::sync_dir(path.parent().expect("chunk paths have a parent"))
                 .map_err(StoreError::io("fsync of a chunk directory"))?;
         }
+        let _ = self.events.send(StoreEvent::Removed { id: *id });
         self.maybe_checkpoint()?;
         Ok(size)
     }

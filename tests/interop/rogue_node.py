@@ -7,8 +7,10 @@ offers, and then breaks the chunk protocol the way MODE says:
   huge    GET answers announce a 4 GiB chunk and send nothing
   slow    GET answers announce 1 MiB and then send one byte per second
 
-In every mode it LISTs twenty chunks it does not have (so honest nodes try to
-fetch them), says HAS "yes" to everything and answers PROVE with random bytes.
+In every mode it tells each node that connects to it (a signed `repl` notice, the way
+nodes announce chunks to the nodes they are placed on) and LISTs twenty chunks it does
+not have (so honest nodes try to fetch them), says HAS "yes" to everything and answers
+PROVE with random bytes.
 
 Usage: rogue_node.py MQTT_PORT MODE     (prints "ready <node id>" once it is a member)
 """
@@ -79,10 +81,15 @@ class Rogue:
         return json.dumps(e)
 
     async def serve(self):
+        told = set()
         while True:
             e = json.loads(await self.offers.get())
             if e.get("kind") != "offer":
                 continue
+            if e["from"] not in told:
+                told.add(e["from"])
+                body = "ddc-repl/1 notice" + "".join(f"\n{c.hex()} 2" for c in FAKE_CHUNKS)
+                self.mqtt.publish(e["reply_to"], self.envelope("repl", e["from"], "repl", body), qos=1)
             asyncio.ensure_future(self.answer(e))
 
     async def answer(self, offer):
