@@ -124,7 +124,10 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                 SubscribeFilter::new(topics.cmd.clone(), QoS::AtLeastOnce),
                 SubscribeFilter::new(topics.signal.clone(), QoS::AtLeastOnce),
                 SubscribeFilter::new(topics.all_status.clone(), QoS::AtLeastOnce),
-                SubscribeFilter::new(topics.all_health.clone(), QoS::AtMostOnce),
+                SubscribeFilter::new(topics.all_member.clone(), QoS::AtLeastOnce),
+                // Our own health only (to correct a forged one): peers' health is for
+                // people and dashboards; placement reads the compact member records.
+                SubscribeFilter::new(topics.health.clone(), QoS::AtMostOnce),
             ];
             if discovery_payload.is_some() {
                 filters.push(SubscribeFilter::new(
@@ -134,6 +137,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             }
             let _ = client.try_subscribe_many(filters);
             let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online");
+            publish_member(client, &topics, &controller, true);
             publish_health(client, &topics, &controller);
             if let Some(d) = discovery_payload.as_ref() {
                 let _ = client.try_publish(&topics.discovery, QoS::AtLeastOnce, true, d.clone());
@@ -286,6 +290,12 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                 {
                     warn!("someone else published on our health topic; publishing ours again");
                     publish_health(&client, &topics, &controller);
+                } else if p.topic == topics.member
+                    && !p.retain
+                    && !controller.published_member(&p.payload)
+                {
+                    warn!("someone else published on our member topic; publishing ours again");
+                    publish_member(&client, &topics, &controller, true);
                 } else if let Some(id) = topics.node_of(&p.topic, "status") {
                     let changed = {
                         let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,7 +306,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                     if changed && let Some(r) = &replicator {
                         r.membership_changed();
                     }
-                } else if let Some(id) = topics.node_of(&p.topic, "health") {
+                } else if let Some(id) = topics.node_of(&p.topic, "member") {
                     let changed = {
                         let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
                         let g = m.generation();
@@ -507,6 +517,22 @@ fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller
         .is_err()
     {
         debug!("MQTT queue full; health dropped (the next one replaces it)");
+    }
+    publish_member(client, topics, controller, false);
+}
+
+/// Publishes the membership record if placement would see a change (or `force`).
+fn publish_member(client: &AsyncClient, topics: &Topics, controller: &Controller, force: bool) {
+    let Some(record) = controller.member_payload(force) else {
+        return;
+    };
+    if client
+        .try_publish(&topics.member, QoS::AtLeastOnce, true, record)
+        .is_err()
+    {
+        // Not replaced by a later one unless something changes again: force the next.
+        warn!("MQTT queue full; membership record dropped, publishing it again next time");
+        controller.forget_member();
     }
 }
 

@@ -37,6 +37,7 @@ fn oversized_messages_never_take_a_node_off_the_broker() {
     // Retained before the node starts: it gets them at its first subscription.
     let other = "0bad00000000000000000001";
     p.publish(&topic(other, "health"), vec![b'{'; 300_000], true);
+    p.publish(&topic(other, "member"), vec![b'{'; 300_000], true);
     p.publish(&topic(other, "status"), vec![b'o'; 300_000], true);
     let mut agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
     p.wait("online", T, |x| x.text() == "online");
@@ -45,6 +46,7 @@ fn oversized_messages_never_take_a_node_off_the_broker() {
     p.publish(&topic(&id, "cmd"), vec![b' '; 1_000_000], false);
     p.publish(&topic(&id, "signal"), vec![b'{'; 300_000], false);
     p.publish(&topic(other, "health"), vec![b' '; (16 << 10) + 1], false);
+    p.publish(&topic(other, "member"), vec![b' '; (4 << 10) + 1], false);
     p.publish(
         &topic("0bad00000000000000000002", "health"),
         vec![b'{'; 300_000],
@@ -233,7 +235,8 @@ fn only_signed_operator_commands_are_obeyed() {
     assert!(stdout(&o).contains("no reply"), "{}", stdout(&o));
 }
 
-/// Members that publish a retained "online" and a health message of their own making.
+/// Members that publish a retained "online" and a health message (and membership
+/// record, the same signed object) of their own making.
 fn fake_members(p: &Probe, n: usize, signed: bool) -> Vec<tempfile::TempDir> {
     let mut keep = Vec::new();
     for i in 0..n {
@@ -244,11 +247,13 @@ fn fake_members(p: &Probe, n: usize, signed: bool) -> Vec<tempfile::TempDir> {
         if signed {
             ddc_edge::fleet::sign_health(&me, None, &mut h);
         }
-        p.publish(
-            &topic(me.node_id(), "health"),
-            serde_json::to_vec(&h).unwrap(),
-            true,
-        );
+        for leaf in ["health", "member"] {
+            p.publish(
+                &topic(me.node_id(), leaf),
+                serde_json::to_vec(&h).unwrap(),
+                true,
+            );
+        }
         p.publish(&topic(me.node_id(), "status"), "online", true);
         keep.push(d);
     }
@@ -562,6 +567,7 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
     let as_a = Probe::connect_as(m.port, Some((&id_a, &format!("pw-{id_a}"))), &[]);
     as_a.publish(&topic(&id_b, "status"), "offline", true);
     as_a.publish(&topic(&id_b, "health"), "{}", true);
+    as_a.publish(&topic(&id_b, "member"), "{}", true);
     as_a.publish(&topic(&id_b, "cmd"), r#"{"id":"x","cmd":"drain"}"#, false);
     // Control: the same login may publish under A's own topics, and that arrives (after
     // the three above, which the broker would have delivered first).

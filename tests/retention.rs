@@ -107,11 +107,13 @@ fn members_that_never_answer_cannot_make_a_node_drop_chunks() {
         let mut health = serde_json::json!({"ts": ddc_edge::control::unix_now(),
             "disk": {"free_bytes": 1000000000000u64}, "draining": false});
         ddc_edge::fleet::sign_health(&me, None, &mut health);
-        p.publish(
-            &format!("ddc/nodes/{fake}/health"),
-            health.to_string(),
-            true,
-        );
+        for leaf in ["health", "member"] {
+            p.publish(
+                &format!("ddc/nodes/{fake}/{leaf}"),
+                health.to_string(),
+                true,
+            );
+        }
         p.publish(&format!("ddc/nodes/{fake}/status"), "online", true);
     }
     let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,9 @@ pub struct BandwidthLimits {
     pub ingress_bps: u64,
 }
 
+/// The fields of a membership record that placement depends on.
+type MemberKey = (bool, bool, Option<u64>, Option<String>);
+
 pub struct Controller {
     cfg: Arc<Config>,
     data_dir: PathBuf,
@@ -53,6 +56,9 @@ pub struct Controller {
     /// The last few health payloads we published (hashes): anything else that shows up
     /// on our own health topic was put there by someone else.
     recent_health: Mutex<std::collections::VecDeque<[u8; 32]>>,
+    /// What the last membership record said (draining, room, placement, paused by), and
+    /// the hash of its bytes.
+    last_member: Mutex<(Option<MemberKey>, Option<[u8; 32]>)>,
     /// Set when the agent stops, so its own `offline` is not "corrected".
     pub stopping: AtomicBool,
 }
@@ -133,6 +139,7 @@ impl Controller {
             draining,
             extras: Mutex::new(Vec::new()),
             recent_health: Mutex::new(std::collections::VecDeque::new()),
+            last_member: Mutex::new((None, None)),
             stopping: AtomicBool::new(false),
             cfg,
         }))
@@ -151,6 +158,52 @@ impl Controller {
         }
         recent.push_back(crate::store::ChunkId::of(&bytes).0);
         bytes
+    }
+
+    /// The membership record (`<prefix>/nodes/<id>/member`): the part of the health that
+    /// placement reads, signed the same way. `None` when nothing placement depends on
+    /// changed since the last one (unless `force`): free space changes with every write,
+    /// but only crossing "room for one more chunk" matters, so an idle or busy fleet
+    /// publishes these only when a node fills up, drains, pauses or upgrades.
+    pub fn member_payload(&self, force: bool) -> Option<Vec<u8>> {
+        let h = self.health();
+        let free = h["disk"]["free_bytes"].as_u64();
+        let room = free.is_none_or(|f| f >= self.cfg.storage.chunk_size.0);
+        let key = (
+            h["draining"].as_bool().unwrap_or(false),
+            room,
+            h["replication"]["placement"].as_u64(),
+            h["replication"]["paused_by"].as_str().map(String::from),
+        );
+        let mut last = self.last_member.lock().unwrap_or_else(|p| p.into_inner());
+        if !force && last.0.as_ref() == Some(&key) {
+            return None;
+        }
+        let mut record = serde_json::json!({
+            "node_id": h["node_id"], "ts": h["ts"], "draining": key.0,
+            "disk": {"free_bytes": free},
+            "replication": {"placement": key.2, "paused_by": key.3},
+        });
+        let cert = Some(self.cfg.fleet.cert.as_str()).filter(|c| !c.is_empty());
+        crate::fleet::sign_health(&self.identity, cert, &mut record);
+        let bytes = serde_json::to_vec(&record).expect("a member record serializes");
+        *last = (Some(key), Some(crate::store::ChunkId::of(&bytes).0));
+        Some(bytes)
+    }
+
+    /// The last membership record did not go out: the next call publishes one.
+    pub fn forget_member(&self) {
+        self.last_member.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+    }
+
+    /// Whether `payload`, seen on our own member topic, is the one we published last.
+    pub fn published_member(&self, payload: &[u8]) -> bool {
+        let h = crate::store::ChunkId::of(payload).0;
+        self.last_member
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .is_some_and(|l| l == h)
     }
 
     /// Whether `payload`, seen on our own health topic, is one we published lately.

@@ -6,13 +6,17 @@ pub struct Topics {
     pub base: String,
     pub status: String,
     pub health: String,
+    /// The compact, signed membership record (what placement needs), retained and
+    /// published only when it changes.
+    pub member: String,
     pub events: String,
     pub cmd: String,
     pub reply: String,
     pub signal: String,
-    /// Every node's status and health, for peers that place data (`<prefix>/nodes/+/...`).
+    /// Every node's status and membership record, for peers that place data
+    /// (`<prefix>/nodes/+/...`).
     pub all_status: String,
-    pub all_health: String,
+    pub all_member: String,
     pub discovery: String,
     pub ha_status: String,
 }
@@ -23,12 +27,13 @@ impl Topics {
         Topics {
             status: format!("{base}/status"),
             health: format!("{base}/health"),
+            member: format!("{base}/member"),
             events: format!("{base}/events"),
             cmd: format!("{base}/cmd"),
             reply: format!("{base}/reply"),
             signal: format!("{base}/signal"),
             all_status: format!("{prefix}/nodes/+/status"),
-            all_health: format!("{prefix}/nodes/+/health"),
+            all_member: format!("{prefix}/nodes/+/member"),
             discovery: format!("{discovery_prefix}/device/ddc_{node_id}/config"),
             ha_status: format!("{discovery_prefix}/status"),
             base,
@@ -57,6 +62,8 @@ pub fn payload_limit(topic: &str) -> usize {
         // "online" / "offline" (and Home Assistant's birth message).
         "status" => 64,
         "health" => 16 << 10,
+        // A signed membership record, with a fleet certificate at most.
+        "member" => 4 << 10,
         // Signed offers and answers carry an SDP with its candidates.
         "signal" => 32 << 10,
         "cmd" | "reply" => 16 << 10,
@@ -73,6 +80,7 @@ mod tests {
         assert_eq!(payload_limit("ddc/nodes/x/status"), 64);
         assert_eq!(payload_limit("homeassistant/status"), 64);
         assert_eq!(payload_limit("ddc/nodes/x/health"), 16 << 10);
+        assert_eq!(payload_limit("ddc/nodes/x/member"), 4 << 10);
         assert_eq!(payload_limit("ddc/clients/x/signal"), 32 << 10);
         assert_eq!(payload_limit("ddc/nodes/x/cmd"), 16 << 10);
         assert_eq!(payload_limit("anything/else"), MAX_INCOMING_PACKET);
@@ -95,5 +103,27 @@ mod tests {
         assert_eq!(t.node_of("ddc/nodes/xyz/status", "status"), Some("xyz"));
         assert_eq!(t.node_of("ddc/nodes/xyz/health", "status"), None);
         assert_eq!(t.node_of("other/nodes/xyz/status", "status"), None);
+        assert_eq!(t.member, "ddc/nodes/abc123/member");
+        assert_eq!(t.all_member, "ddc/nodes/+/member");
+    }
+
+    /// A cluster is a topic prefix: a node under `ddc/site-a` takes no member, status or
+    /// signal of `ddc/site-b`, nor of the bare `ddc` fleet (docs/deploy.md, "Scaling").
+    #[test]
+    fn a_cluster_prefix_sees_only_its_own_nodes() {
+        let t = Topics::new("ddc/site-a", "abc123", "homeassistant");
+        assert_eq!(t.all_member, "ddc/site-a/nodes/+/member");
+        assert_eq!(t.signal, "ddc/site-a/nodes/abc123/signal");
+        assert_eq!(
+            t.node_of("ddc/site-a/nodes/xyz/member", "member"),
+            Some("xyz")
+        );
+        for other in [
+            "ddc/site-b/nodes/xyz/member",
+            "ddc/nodes/xyz/member",
+            "ddc/site-a/nodes/xyz/extra/member",
+        ] {
+            assert_eq!(t.node_of(other, "member"), None, "{other}");
+        }
     }
 }

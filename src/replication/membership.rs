@@ -1,5 +1,6 @@
-//! The fleet as every node sees it: built from the retained `status` and `health`
-//! messages of `<prefix>/nodes/+/...`. Pure: fed messages and the time, it keeps the
+//! The fleet as every node sees it: built from the retained `status` and `member`
+//! messages of `<prefix>/nodes/+/...` (a member record is a signed, compact health:
+//! [`Membership::on_health`] reads either). Pure: fed messages and the time, it keeps the
 //! members and a generation number that changes whenever placement could change.
 //!
 //! A node is a member only once a health message signed by its own key (and, with a

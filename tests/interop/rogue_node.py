@@ -71,6 +71,7 @@ class Rogue:
         msg = f"ddc-health/1\n{self.id}\n{canonical(health)}".encode()
         health["auth"] = {"key": self.pub, "sig": self.key.sign(msg).hex()}
         self.mqtt.publish(f"{self.topic}/health", json.dumps(health), qos=1, retain=True)
+        self.mqtt.publish(f"{self.topic}/member", json.dumps(health), qos=1, retain=True)
         self.mqtt.publish(f"{self.topic}/status", "online", qos=1, retain=True)
 
     def envelope(self, kind, to, session, body):
