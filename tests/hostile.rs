@@ -622,3 +622,71 @@ fn peer_text_reaches_the_log_escaped() {
         "raw control characters reached the log"
     );
 }
+
+/// Replication messages are a new way in: a `repl` envelope on a node's signal topic.
+/// From a key that is not a member, over a member's rate, or malformed, each is dropped
+/// and counted, and none of them makes the node fetch, list or fail; a well-formed
+/// notice from a member about a chunk that does not exist costs it one failed fetch.
+#[test]
+fn hostile_replication_messages_are_dropped_and_counted() {
+    use ddc_edge::signaling::{Envelope, Kind};
+    let m = Mosquitto::start();
+    let p = Probe::connect(m.port, &[]);
+    let member_dirs = fake_members(&p, 1, true);
+    let member =
+        ddc_edge::identity::Identity::load_or_create_file(&member_dirs[0].path().join("k"))
+            .unwrap();
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger =
+        ddc_edge::identity::Identity::load_or_create_file(&stranger_dir.path().join("k")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = node_id(dir.path());
+    let mut h = Probe::connect(m.port, &[&topic(&id, "health")]);
+    let mut agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
+    let send = |from: &ddc_edge::identity::Identity, body: String| {
+        let e = Envelope::sign(
+            from,
+            Kind::Repl,
+            &id,
+            "repl",
+            &topic(from.node_id(), "signal"),
+            body,
+            ddc_edge::control::unix_now(),
+        );
+        p.publish(&topic(&id, "signal"), e.to_json(), false);
+    };
+    let fake_chunk = "ab".repeat(32);
+    // A stranger's notice, then malformed bodies from the member.
+    send(&stranger, format!("ddc-repl/1 notice\n{fake_chunk} 2"));
+    send(&member, "ddc-repl/1 gossip".into());
+    send(&member, format!("ddc-repl/1 notice\n{fake_chunk} 0"));
+    send(
+        &member,
+        format!("ddc-repl/1 listing 1 1\n{}", "zz".repeat(32)),
+    );
+    agent.wait_for("malformed replication message dropped", T);
+    // A flood from the member: the burst passes, the rest is cut.
+    for _ in 0..400 {
+        send(&member, format!("ddc-repl/1 notice\n{fake_chunk} 2"));
+    }
+    let r = h
+        .wait_new("the drops in health", Duration::from_secs(30), |x| {
+            x.json()["replication"]["messages_dropped"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1 + 3 + 100
+        })
+        .json();
+    let r = &r["replication"];
+    assert!(
+        r["messages_received"].as_u64().unwrap() <= 250,
+        "the member's flood was not cut: {r}"
+    );
+    assert_eq!(r["listings_sent"], 0, "{r}");
+    assert_eq!(r["pulled_chunks"], 0, "{r}");
+    assert!(agent.child.try_wait().unwrap().is_none(), "the node died");
+    // Still answering.
+    let mut c = Probe::connect(m.port, &[&topic(&id, "reply")]);
+    let reply = command(&mut c, &id, "after", json!({"cmd": "ping"}));
+    assert_eq!(reply["ok"], true, "{reply}");
+}

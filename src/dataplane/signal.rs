@@ -38,6 +38,8 @@ pub struct Signal {
     offers: Option<mpsc::Sender<Envelope>>,
     /// Where replication messages go (the replicator), once it asked for them.
     repl: Mutex<Option<mpsc::Sender<Envelope>>>,
+    /// Replication messages dropped because the replicator's inbox was full.
+    repl_overflow: std::sync::atomic::AtomicU64,
 }
 
 impl Signal {
@@ -58,6 +60,7 @@ impl Signal {
             sessions: Mutex::new(HashMap::new()),
             offers,
             repl: Mutex::new(None),
+            repl_overflow: Default::default(),
         })
     }
 
@@ -88,6 +91,8 @@ impl Signal {
             let tx = self.repl.lock().unwrap_or_else(|p| p.into_inner()).clone();
             match tx {
                 Some(tx) if tx.try_send(e).is_err() => {
+                    self.repl_overflow
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     debug!("replication inbox full; message dropped (anti-entropy finds it)")
                 }
                 Some(_) => {}
@@ -147,6 +152,12 @@ impl Signal {
         let (tx, rx) = mpsc::channel(depth);
         *self.repl.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
+    }
+
+    /// Replication messages dropped so far because the inbox was full.
+    pub fn replication_overflow(&self) -> u64 {
+        self.repl_overflow
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn unregister(&self, session: &str) {

@@ -230,7 +230,7 @@ impl Replicator {
             "anti_entropy_passes": passes,
             "messages_sent": n(&s.messages_sent),
             "messages_received": n(&s.messages_received),
-            "messages_dropped": n(&s.messages_dropped),
+            "messages_dropped": n(&s.messages_dropped) + self.signal.replication_overflow(),
             "notices_sent": n(&s.notices_sent),
             "listings_sent": n(&s.listings_sent),
             "listings_received": n(&s.listings_received),
