@@ -68,6 +68,9 @@ pub struct EventReport {
     pub count: usize,
     pub moved_chunks: u64,
     pub ideal_moved_chunks: u64,
+    /// Chunk bytes copied, and the ideal (`--chunk-size` each: every chunk is that big).
+    pub moved_bytes: u64,
+    pub ideal_moved_bytes: u64,
     /// From the event until every chunk is back to its factor (null: not within a day).
     pub repair_seconds: Option<f64>,
     /// The bytes to copy over the fleet's aggregate replication budget.
@@ -657,6 +660,8 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
             count,
             moved_chunks: sim.fetched_ok - f0,
             ideal_moved_chunks: ideal,
+            moved_bytes: (sim.fetched_ok - f0) * o.chunk_size,
+            ideal_moved_bytes: ideal * o.chunk_size,
             repair_seconds: repair,
             ideal_repair_seconds: bytes_to_copy / (live * o.budget as f64),
             node_bound_repair_seconds: most as f64 * o.chunk_size as f64 / o.budget as f64,
@@ -715,10 +720,11 @@ pub fn print(r: &Report) {
     );
     for e in &r.events {
         println!(
-            "{} {}: moved {} chunks, ideal {} ({:.3} x); back to factor in {} (ideal {:.1} s, one node's intake alone {:.1} s); bytes of notices {}, anti-entropy {}, hand-off checks {}; {} replicas lost with the nodes",
+            "{} {}: moved {} chunks ({} bytes), ideal {} ({:.3} x); back to factor in {} (ideal {:.1} s, one node's intake alone {:.1} s); bytes of notices {}, anti-entropy {}, hand-off checks {}; {} replicas lost with the nodes",
             e.event,
             e.count,
             e.moved_chunks,
+            e.moved_bytes,
             e.ideal_moved_chunks,
             e.moved_chunks as f64 / e.ideal_moved_chunks.max(1) as f64,
             e.repair_seconds

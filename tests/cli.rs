@@ -497,6 +497,14 @@ fn simulate_prints_the_fleet_figures_as_json() {
     }
     assert_eq!(r["moved_chunks"], r["ideal_moved_chunks"], "{r}");
     assert_eq!(r["events"].as_array().unwrap().len(), 3, "{r}");
+    for e in r["events"].as_array().unwrap() {
+        // The default chunk size, 1 MiB.
+        assert_eq!(
+            e["moved_bytes"].as_u64().unwrap(),
+            e["moved_chunks"].as_u64().unwrap() << 20,
+            "{e}"
+        );
+    }
     // Bad options: a usage error that says what is wrong.
     let o = run(&["simulate", "--nodes", "2", "--kill", "2"]);
     assert!(!o.status.success());
