@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== the device build without the embedded broker compiles (README, Binary size)"
+cargo clippy --locked --no-default-features --features i2c -- -D warnings
 
 # Test binaries that start several agents at once run one test at a time: on two cores
 # parallel clusters would only measure each other's contention. The browser tests need

@@ -263,12 +263,18 @@ impl Sim {
             }
             Action::HandOff { id, targets } => {
                 // HAS then PROVE per target: two round trips of small messages.
-                let proved = targets.iter().all(|t| {
-                    self.index
-                        .get(t)
-                        .and_then(|&i| self.planners[i].as_ref())
-                        .is_some_and(|p| p.holds(&id))
-                });
+                let unproven: Vec<String> = targets
+                    .iter()
+                    .filter(|t| {
+                        !self
+                            .index
+                            .get(*t)
+                            .and_then(|&i| self.planners[i].as_ref())
+                            .is_some_and(|p| p.holds(&id))
+                    })
+                    .cloned()
+                    .collect();
+                let proved = unproven.is_empty();
                 for t in &targets {
                     self.by_kind[4] += 4 * 100;
                     if let Some(&i) = self.index.get(t) {
@@ -278,7 +284,7 @@ impl Sim {
                 }
                 let now = self.now;
                 if let Some(p) = self.planners[n].as_mut() {
-                    p.handed_off(now, &id, proved, &[]);
+                    p.handed_off(now, &id, proved, &unproven);
                 }
             }
         }

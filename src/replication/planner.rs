@@ -14,8 +14,8 @@
 //!   partner whose seed is greater than its own (so each pair once) a [`Digest`] of the
 //!   chunks it holds that are placed on both. Equal digests (the steady state) end the exchange. Unequal ones are split into
 //!   [`BUCKETS`] buckets by the first byte of the chunk ID; only the buckets that differ
-//!   are listed, and each side fetches what it lacks. So lost notices, a crash before a
-//!   fetch, or a disk that lost chunks are found within one period, at a cost of one
+//!   are listed, and each side fetches what it lacks. So lost notices, a source that died
+//!   before a fetch, or a disk that lost chunks are found within one period, at a cost of one
 //!   small message per partner when nothing changed.
 //! - **Hand off** a chunk held here but not placed here once its placed nodes prove they
 //!   hold it ([`Action::HandOff`]; the driver's HAS and PROVE decide, and
@@ -96,6 +96,8 @@ pub struct Config {
     pub anti_entropy: Duration,
     /// Fetches in flight at once.
     pub max_fetches: usize,
+    /// Hand-offs (proof rounds with the placed nodes) in flight at once.
+    pub max_handoffs: usize,
     /// Chunks waiting to be fetched, at most (anti-entropy finds the rest later).
     pub max_wanted: usize,
     /// The most copies a file may ask for (`replication.max_factor`).
@@ -108,6 +110,7 @@ impl Default for Config {
             factor: 2,
             anti_entropy: Duration::from_secs(900),
             max_fetches: 4,
+            max_handoffs: 4,
             max_wanted: 100_000,
             max_factor: 4,
         }
@@ -141,7 +144,9 @@ pub struct Planner {
     held: HashMap<ChunkId, Held>,
     wanted: BTreeMap<ChunkId, Wanted>,
     in_flight: usize,
+    /// Chunks to hand off, with when to try next (`Duration::MAX`: in flight).
     handing_off: HashMap<ChunkId, Duration>,
+    handoffs_in_flight: usize,
     next_anti_entropy: Duration,
     out: VecDeque<Action>,
     /// Per partner seed, the digest of the chunks placed on both: built on first use
@@ -165,6 +170,7 @@ impl Planner {
             wanted: BTreeMap::new(),
             in_flight: 0,
             handing_off: HashMap::new(),
+            handoffs_in_flight: 0,
             out: VecDeque::new(),
             pairs: None,
             passes: 0,
@@ -210,7 +216,7 @@ impl Planner {
             self.notify(t, id, factor);
         }
         if !placed_here {
-            self.handing_off.insert(id, now + self.handoff_delay());
+            self.set_handoff(id, Some(now + self.handoff_delay()));
         }
     }
 
@@ -230,7 +236,7 @@ impl Planner {
     pub fn removed(&mut self, id: &ChunkId) {
         self.pairs = None;
         self.held.remove(id);
-        self.handing_off.remove(id);
+        self.set_handoff(*id, None);
         // A drained node gives its memory back too.
         if self.held.capacity() > 64 && self.held.len() < self.held.capacity() / 4 {
             self.held.shrink_to_fit();
@@ -283,7 +289,7 @@ impl Planner {
                 }
             }
             if !after.contains(&self.me) && self.placement.eligible() >= factor {
-                self.handing_off.insert(id, now + self.handoff_delay());
+                self.set_handoff(id, Some(now + self.handoff_delay()));
             }
         }
         // What we wanted may no longer be placed here.
@@ -343,7 +349,7 @@ impl Planner {
         if deleted {
             self.removed(id);
         } else if self.handing_off.contains_key(id) {
-            self.handing_off.insert(*id, now + self.cfg.anti_entropy);
+            self.set_handoff(*id, Some(now + self.cfg.anti_entropy));
             let factor = self
                 .held
                 .get(id)
@@ -416,9 +422,11 @@ impl Planner {
             return;
         };
         let mine = self.pair_digests().get(&seed).copied().unwrap_or_default();
-        // While chunks move (fetches or hand-offs pending here), digests differ for
-        // reasons the notices already cover: compare again next period.
-        let settling = !self.wanted.is_empty() || !self.handing_off.is_empty();
+        // While fetches run or are about to (a notice just came), digests differ for
+        // reasons the notices already cover: compare again next period. A chunk whose
+        // fetches failed (its source died, say) is exactly what the comparison is for,
+        // and hand-offs are of chunks not placed here (not in the digest).
+        let settling = self.wanted.values().any(|w| w.in_flight || w.attempts == 0);
         if mine != digest && !settling {
             self.out.push_back(Action::Buckets {
                 to: from.to_string(),
@@ -518,21 +526,24 @@ impl Planner {
                 return Some(Action::Fetch { id: *id, from });
             }
         }
-        let due = self
-            .handing_off
-            .iter()
-            .find(|(_, t)| **t <= now)
-            .map(|(id, _)| *id);
+        let due = (self.handoffs_in_flight < self.cfg.max_handoffs)
+            .then(|| {
+                self.handing_off
+                    .iter()
+                    .find(|(_, t)| **t <= now)
+                    .map(|(id, _)| *id)
+            })
+            .flatten();
         if let Some(id) = due {
-            // Asked again only when the driver reports failure.
-            self.handing_off.insert(id, Duration::MAX);
+            // Asked again only when the driver reports how it went.
+            self.set_handoff(id, Some(Duration::MAX));
             let factor = self
                 .held
                 .get(&id)
                 .map_or(self.cfg.factor, |h| h.factor as usize);
             let targets = self.targets(&id, factor);
             if targets.contains(&self.me) {
-                self.handing_off.remove(&id);
+                self.set_handoff(id, None);
             } else {
                 return Some(Action::HandOff { id, targets });
             }
@@ -548,10 +559,27 @@ impl Planner {
                 t = t.min(w.not_before);
             }
         }
-        for h in self.handing_off.values() {
-            t = t.min(*h);
+        if self.handoffs_in_flight < self.cfg.max_handoffs {
+            for h in self.handing_off.values() {
+                t = t.min(*h);
+            }
         }
         t
+    }
+
+    /// Sets (or with `None` clears) when `id` is next handed off, keeping the count of
+    /// hand-offs in flight (`Duration::MAX`) true.
+    fn set_handoff(&mut self, id: ChunkId, next: Option<Duration>) {
+        let old = match next {
+            Some(t) => self.handing_off.insert(id, t),
+            None => self.handing_off.remove(&id),
+        };
+        if old == Some(Duration::MAX) {
+            self.handoffs_in_flight -= 1;
+        }
+        if next == Some(Duration::MAX) {
+            self.handoffs_in_flight += 1;
+        }
     }
 
     /// Time passed: start an anti-entropy pass if one is due.
@@ -786,7 +814,11 @@ mod tests {
                                     .on_listing(now, &me, &buckets, &ids, reply)
                             }
                             Action::Fetch { id, from } => {
-                                let ok = self.planners[Self::ix(&from)].holds(&id);
+                                // A source outside the pair (a dead node) fails.
+                                let ok = self
+                                    .planners
+                                    .get(Self::ix(&from))
+                                    .is_some_and(|p| p.holds(&id));
                                 self.planners[i].fetched(now, &id, ok);
                                 if ok {
                                     self.planners[i].stored_replica(id, 2);
@@ -910,6 +942,61 @@ mod tests {
             panic!("expected a retry");
         };
         assert_ne!(from, again, "the other holder");
+    }
+
+    /// A wanted chunk whose only source died (a fetch failed, backing off) must not stop
+    /// anti-entropy from finding its other holder: the node with the higher seed (the
+    /// one that receives digests) used to skip every comparison while it wanted anything,
+    /// and kept retrying the dead source. Found by the bridged-brokers test, where a
+    /// holder was killed between its notice and the fetch.
+    #[test]
+    fn a_chunk_wanted_from_a_dead_source_is_found_by_anti_entropy() {
+        let mut pair = Pair::new(2, 0);
+        let seed = |i: usize| super::super::placement::seed_v2(&format!("node{i}"));
+        let (hi, lo) = if seed(0) > seed(1) { (0, 1) } else { (1, 0) };
+        let id = ChunkId::of(b"orphan");
+        pair.planners[lo].load(id, 2);
+        pair.planners[hi].on_notice(Duration::ZERO, "node9", &[(id, 2)]);
+        pair.run(Duration::from_secs(3 * 900));
+        assert!(pair.planners[hi].holds(&id), "never fetched from node{lo}");
+        assert_eq!(
+            pair.fetches,
+            [(format!("node{hi}"), id, format!("node{lo}"))]
+        );
+    }
+
+    /// A node that must hand off thousands of chunks (it drains, or a node joined)
+    /// asks for at most `max_handoffs` proof rounds at once: the driver spawns one task
+    /// per action, so an unbounded burst would hold memory per chunk.
+    #[test]
+    fn hand_offs_in_flight_are_bounded() {
+        let p = Arc::new(Placement::new(&members(5), 0));
+        let mut a = Planner::new("node4", Config::default(), Arc::clone(&p), Duration::ZERO);
+        let ids: Vec<ChunkId> = (0..400u64)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .filter(|c| !p.place(c, 2).contains(&"node4"))
+            .take(10)
+            .collect();
+        for id in &ids {
+            a.stored(Duration::ZERO, *id, 2);
+        }
+        while a.poll_action(Duration::ZERO).is_some() {}
+        let t = a.poll_timeout();
+        let mut handing: Vec<ChunkId> = Vec::new();
+        while let Some(act) = a.poll_action(t) {
+            if let Action::HandOff { id, .. } = act {
+                handing.push(id);
+            }
+        }
+        assert_eq!(handing.len(), 4);
+        a.handed_off(t, &handing[0], true, &[]);
+        assert!(matches!(a.poll_action(t), Some(Action::HandOff { .. })));
+        assert_eq!(a.poll_action(t), None);
+        a.handed_off(t, &handing[1], false, &[]);
+        assert!(matches!(a.poll_action(t), Some(Action::HandOff { .. })));
+        a.removed(&handing[2]);
+        assert!(matches!(a.poll_action(t), Some(Action::HandOff { .. })));
+        assert_eq!(a.poll_action(t), None);
     }
 
     /// A chunk whose holders all failed (they held bad copies, found when we fetched)
