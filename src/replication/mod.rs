@@ -302,10 +302,10 @@ impl Replicator {
         }
     }
 
-    /// The store's chunks, told to the planner at start.
-    async fn load_inventory(&self) {
+    /// Every chunk ID in the store (read on a blocking thread).
+    async fn inventory(&self) -> Vec<ChunkId> {
         let store = Arc::clone(&self.store);
-        let ids = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
             let _ = store.for_each(|id, _| {
                 v.push(id);
@@ -314,7 +314,12 @@ impl Replicator {
             v
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    /// The store's chunks, told to the planner at start.
+    async fn load_inventory(&self) {
+        let ids = self.inventory().await;
         let mut p = lock(&self.planner);
         for id in &ids {
             p.load(*id, self.factors.get(id));
@@ -339,17 +344,7 @@ impl Replicator {
 
     /// The store missed us some events: compare its inventory with the planner's.
     async fn resync(&self) {
-        let store = Arc::clone(&self.store);
-        let ids: HashSet<ChunkId> = tokio::task::spawn_blocking(move || {
-            let mut v = HashSet::new();
-            let _ = store.for_each(|id, _| {
-                v.insert(id);
-                true
-            });
-            v
-        })
-        .await
-        .unwrap_or_default();
+        let ids: HashSet<ChunkId> = self.inventory().await.into_iter().collect();
         let now = self.now();
         let mut p = lock(&self.planner);
         let gone: Vec<ChunkId> = p.held_ids().filter(|i| !ids.contains(i)).copied().collect();

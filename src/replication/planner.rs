@@ -737,6 +737,14 @@ mod tests {
             .collect()
     }
 
+    /// A chunk that `node` is one of the two placed nodes of.
+    fn placed_on(p: &Placement, node: &str) -> ChunkId {
+        (0..100u64)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .find(|c| p.place(c, 2).contains(&node))
+            .unwrap()
+    }
+
     /// Planners that pass each other's messages at once; fetches succeed when the
     /// source holds the chunk. Returns the fetches done.
     struct Pair {
@@ -922,10 +930,7 @@ mod tests {
     fn a_failed_fetch_backs_off_and_tries_the_next_holder() {
         let p = Arc::new(Placement::new(&members(5), 0));
         let mut a = Planner::new("node0", Config::default(), Arc::clone(&p), Duration::ZERO);
-        let id = (0..100u64)
-            .map(|i| ChunkId::of(&i.to_le_bytes()))
-            .find(|c| p.place(c, 2).contains(&"node0"))
-            .unwrap();
+        let id = placed_on(&p, "node0");
         let t = Duration::ZERO;
         a.on_notice(t, "node1", &[(id, 2)]);
         a.on_notice(t, "node2", &[(id, 2)]);
@@ -1006,10 +1011,7 @@ mod tests {
     fn a_new_holder_ends_a_backoff_and_busy_is_not_a_failure() {
         let p = Arc::new(Placement::new(&members(5), 0));
         let mut a = Planner::new("node0", Config::default(), Arc::clone(&p), Duration::ZERO);
-        let id = (0..100u64)
-            .map(|i| ChunkId::of(&i.to_le_bytes()))
-            .find(|c| p.place(c, 2).contains(&"node0"))
-            .unwrap();
+        let id = placed_on(&p, "node0");
         let mut t = Duration::ZERO;
         a.on_notice(t, "node1", &[(id, 2)]);
         for _ in 0..8 {
