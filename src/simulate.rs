@@ -223,20 +223,23 @@ impl Sim {
 
     fn act(&mut self, n: usize, a: Action) {
         match a {
-            Action::Notify { to, ids } => self.send(n, &to, Msg::Notice(ids)),
+            Action::Notify { to, keys } => {
+                let ids = keys.into_iter().map(|(k, f)| (sim_id(k), f)).collect();
+                self.send(n, &to, Msg::Notice(ids))
+            }
             Action::Digest { to, digest } => self.send(n, &to, Msg::Digest(digest)),
             Action::Buckets { to, buckets } => self.send(n, &to, Msg::Buckets(buckets)),
             Action::Listing {
                 to,
                 buckets,
-                ids,
+                keys,
                 reply,
             } => self.send(
                 n,
                 &to,
                 Msg::Listing {
                     buckets,
-                    ids,
+                    ids: keys.into_iter().map(sim_id).collect(),
                     reply,
                 },
             ),
@@ -261,7 +264,7 @@ impl Sim {
                 }
                 self.push(done, Ev::Fetched { node: n, id, ok });
             }
-            Action::HandOff { id, targets } => {
+            Action::HandOff { key, targets } => {
                 // HAS then PROVE per target: two round trips of small messages.
                 let unproven: Vec<String> = targets
                     .iter()
@@ -270,7 +273,7 @@ impl Sim {
                             .index
                             .get(*t)
                             .and_then(|&i| self.planners[i].as_ref())
-                            .is_some_and(|p| p.holds(&id))
+                            .is_some_and(|p| p.holds_key(key))
                     })
                     .cloned()
                     .collect();
@@ -284,7 +287,7 @@ impl Sim {
                 }
                 let now = self.now;
                 if let Some(p) = self.planners[n].as_mut() {
-                    p.handed_off(now, &id, proved, &unproven);
+                    p.handed_off(now, key, proved, &unproven);
                 }
             }
         }
@@ -452,7 +455,16 @@ fn chunk_id(seed: u64, i: usize) -> ChunkId {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&seed.to_le_bytes());
     b[8..].copy_from_slice(&(i as u64).to_le_bytes());
-    ChunkId::of(&b)
+    sim_id(ChunkId::of(&b).key())
+}
+
+/// The simulated chunk with `key`: its other 24 bytes follow from the key, so the
+/// simulator resolves the planner's keys to IDs without a store (as the agent's
+/// driver does with its store).
+fn sim_id(key: u64) -> ChunkId {
+    let mut id = ChunkId::of(&key.to_be_bytes());
+    id.0[..8].copy_from_slice(&key.to_be_bytes());
+    id
 }
 
 pub fn run(o: &Options) -> anyhow::Result<Report> {

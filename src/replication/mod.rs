@@ -70,6 +70,18 @@ const INBOX: usize = 256;
 /// Hand-offs (HAS + PROVE to each placed node, then the delete) in flight at once.
 const HANDOFFS: usize = 4;
 
+/// A message for another node, as the planner asked for it: notices and listings name
+/// chunks by key, resolved to IDs from the store just before sending.
+enum Outgoing {
+    Ready(wire::Message),
+    Notice(Vec<(u64, u8)>),
+    Listing {
+        buckets: Vec<u8>,
+        keys: Vec<u64>,
+        reply: bool,
+    },
+}
+
 pub struct Replicator {
     my_id: String,
     target_factor: usize,
@@ -89,8 +101,8 @@ pub struct Replicator {
     /// Chunks wanted here, persisted so a restart resumes its fetches at once.
     queue: Mutex<queue::Queue>,
     handoffs: Semaphore,
-    outbox: mpsc::Sender<(String, String)>,
-    outbox_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
+    outbox: mpsc::Sender<(String, Outgoing)>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<(String, Outgoing)>>>,
     inbox_rx: Mutex<Option<mpsc::Receiver<Envelope>>>,
     limits: Mutex<inbox::Limits>,
     conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
@@ -344,12 +356,17 @@ impl Replicator {
 
     /// The store missed us some events: compare its inventory with the planner's.
     async fn resync(&self) {
-        let ids: HashSet<ChunkId> = self.inventory().await.into_iter().collect();
+        let ids = self.inventory().await;
+        let keys: HashSet<u64> = ids.iter().map(ChunkId::key).collect();
         let now = self.now();
         let mut p = lock(&self.planner);
-        let gone: Vec<ChunkId> = p.held_ids().filter(|i| !ids.contains(i)).copied().collect();
-        for id in &gone {
-            p.removed(id);
+        let gone: Vec<u64> = p
+            .held_keys()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        for key in &gone {
+            p.removed_key(*key);
         }
         let new: Vec<ChunkId> = ids.into_iter().filter(|i| !p.holds(i)).collect();
         for id in &new {
@@ -383,7 +400,16 @@ impl Replicator {
                     self.raise_factors(id, replica).await;
                 }
             }
-            Ok(StoreEvent::Removed { id }) => lock(&self.planner).removed(&id),
+            Ok(StoreEvent::Removed { id }) => {
+                // The planner keeps one entry per key: keep it while another chunk
+                // with the same first 8 bytes remains.
+                let store = Arc::clone(&self.store);
+                let key = id.key();
+                let others = tokio::task::spawn_blocking(move || store.ids_with_keys(&[key])).await;
+                if !matches!(others, Ok(Ok(v)) if !v.is_empty()) {
+                    lock(&self.planner).removed_key(key);
+                }
+            }
             Ok(StoreEvent::ChunkCorrupt { id, .. }) => {
                 let mut p = lock(&self.planner);
                 p.corrupt(now, &id, self.factors.get(&id));
@@ -489,42 +515,99 @@ impl Replicator {
             let Some(a) = lock(&self.planner).poll_action(now) else {
                 return;
             };
-            match a {
+            let (to, out) = match a {
                 Action::Fetch { id, from } => {
                     tokio::spawn(Arc::clone(self).fetch(id, from));
+                    continue;
                 }
-                Action::HandOff { id, targets } => {
-                    tokio::spawn(Arc::clone(self).hand_off(id, targets));
+                Action::HandOff { key, targets } => {
+                    tokio::spawn(Arc::clone(self).hand_off(key, targets));
+                    continue;
                 }
-                other => {
-                    let counter = match &other {
-                        Action::Notify { .. } => Some(&self.stats.notices_sent),
-                        Action::Listing { .. } => Some(&self.stats.listings_sent),
-                        _ => None,
-                    };
-                    for m in wire::encode(&other) {
-                        if self.outbox.try_send(m).is_err() {
-                            self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                            debug!(
-                                "replication outbox full; message dropped (anti-entropy finds it)"
-                            );
-                        } else if let Some(c) = counter {
-                            c.fetch_add(1, Ordering::Relaxed);
-                        }
+                Action::Notify { to, keys } => (to, Outgoing::Notice(keys)),
+                Action::Listing {
+                    to,
+                    buckets,
+                    keys,
+                    reply,
+                } => (
+                    to,
+                    Outgoing::Listing {
+                        buckets,
+                        keys,
+                        reply,
+                    },
+                ),
+                Action::Digest { to, digest } => {
+                    (to, Outgoing::Ready(wire::Message::Digest(digest)))
+                }
+                Action::Buckets { to, buckets } => {
+                    (to, Outgoing::Ready(wire::Message::Buckets(buckets)))
+                }
+            };
+            if self.outbox.try_send((to, out)).is_err() {
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                debug!("replication outbox full; message dropped (anti-entropy finds it)");
+            }
+        }
+    }
+
+    /// Publishes replication messages, one at a time, reading the IDs of the chunks
+    /// they name from the store first.
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Outgoing)>) {
+        while let Some((to, out)) = rx.recv().await {
+            let (msg, counter) = match out {
+                Outgoing::Ready(m) => (m, None),
+                Outgoing::Notice(keys) => {
+                    let factors: HashMap<u64, u8> = keys.iter().copied().collect();
+                    let ids = self
+                        .ids_with_keys(keys.into_iter().map(|(k, _)| k).collect())
+                        .await;
+                    let ids: Vec<(ChunkId, u8)> =
+                        ids.into_iter().map(|id| (id, factors[&id.key()])).collect();
+                    if ids.is_empty() {
+                        continue;
                     }
+                    (wire::Message::Notice(ids), Some(&self.stats.notices_sent))
+                }
+                Outgoing::Listing {
+                    buckets,
+                    keys,
+                    reply,
+                } => {
+                    let ids = self.ids_with_keys(keys).await;
+                    let m = wire::Message::Listing {
+                        reply,
+                        buckets,
+                        ids,
+                    };
+                    (m, Some(&self.stats.listings_sent))
+                }
+            };
+            let topic = node_topic(&self.signal.prefix, &to);
+            for body in wire::encode(&msg) {
+                self.signal
+                    .send(&to, &topic, Kind::Repl, "repl", body)
+                    .await;
+                self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = counter {
+                    c.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     }
 
-    /// Publishes replication messages, one at a time.
-    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, String)>) {
-        while let Some((to, body)) = rx.recv().await {
-            let topic = node_topic(&self.signal.prefix, &to);
-            self.signal
-                .send(&to, &topic, Kind::Repl, "repl", body)
-                .await;
-            self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+    /// The stored chunks with these keys (empty if the store cannot be read: the
+    /// message is then not sent, and anti-entropy covers it).
+    async fn ids_with_keys(&self, keys: Vec<u64>) -> Vec<ChunkId> {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.ids_with_keys(&keys)).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                warn!(error = %e, "reading chunk IDs for a replication message failed");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
         }
     }
 
@@ -576,27 +659,44 @@ impl Replicator {
         self.wake.notify_one();
     }
 
-    /// Deletes the local copy of `id` if every one of `targets` (its placed nodes)
-    /// proves it holds a copy: HAS first (to skip the hopeless), then PROVE, checked
-    /// against our own copy. A holder that claims a chunk and fails the proof is logged:
-    /// it is lying or broken.
-    async fn hand_off(self: Arc<Self>, id: ChunkId, targets: Vec<String>) {
+    /// Hands off the chunk(s) with `key` (one, unless two IDs share 8 bytes): each is
+    /// deleted only if its placed nodes prove their copies ([`Self::hand_off_one`]).
+    async fn hand_off(self: Arc<Self>, key: u64, targets: Vec<String>) {
         let Ok(_slot) = self.handoffs.acquire().await else {
             return;
         };
+        let ids = self.ids_with_keys(vec![key]).await;
+        let mut deleted = !ids.is_empty();
+        let mut unproven: Vec<String> = Vec::new();
+        for id in ids {
+            let (gone, missing) = self.hand_off_one(id, &targets).await;
+            deleted &= gone;
+            for t in missing {
+                if !unproven.contains(&t) {
+                    unproven.push(t);
+                }
+            }
+        }
+        let now = self.now();
+        lock(&self.planner).handed_off(now, key, deleted, &unproven);
+        self.wake.notify_one();
+    }
+
+    /// Deletes the local copy of `id` if every one of `targets` (its placed nodes)
+    /// proves it holds a copy: HAS first (to skip the hopeless), then PROVE, checked
+    /// against our own copy. A holder that claims a chunk and fails the proof is logged:
+    /// it is lying or broken. Returns whether it was deleted, and the targets that
+    /// proved nothing.
+    async fn hand_off_one(&self, id: ChunkId, targets: &[String]) -> (bool, Vec<String>) {
         let store = Arc::clone(&self.store);
         let data = match tokio::task::spawn_blocking(move || store.get(&id)).await {
             Ok(Ok(d)) => d,
-            _ => {
-                // Gone or corrupt: the store's event says which.
-                let now = self.now();
-                lock(&self.planner).handed_off(now, &id, false, &[]);
-                return;
-            }
+            // Gone or corrupt: the store's event says which.
+            _ => return (false, Vec::new()),
         };
         let mut proved: Vec<&str> = Vec::new();
         let mut unproven: Vec<String> = Vec::new();
-        for peer in &targets {
+        for peer in targets {
             let held = match self.conn(peer).await {
                 Ok(conn) => match conn.has(&[id]).await {
                     Ok(b) if b == [true] => match conn.proves(&id, &data).await {
@@ -633,9 +733,7 @@ impl Replicator {
                 debug!(%id, "handed off: every placed node proved its copy");
             }
         }
-        let now = self.now();
-        lock(&self.planner).handed_off(now, &id, deleted, &unproven);
-        self.wake.notify_one();
+        (deleted, unproven)
     }
 
     /// A connection to `peer`: the open one, or a new one unless the peer failed to

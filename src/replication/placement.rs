@@ -5,22 +5,19 @@
 //! status and health topics) computes the same answer, with no coordinator, and when a
 //! node joins or leaves only the chunks it wins or held move. Pure.
 //!
-//! Two weight functions, versioned, because every node of a fleet must use the same one:
-//! - **v1**: the first 8 bytes of SHA-256(node id || chunk id). Two SHA-256 blocks per
-//!   (node, chunk): ranking 1 M chunks over 1,000 nodes is 10^9 of them, minutes of CPU,
-//!   too slow to plan (or simulate) a large fleet.
-//! - **v2** (this build's): `fmix64(seed(node) ^ fmix64(key(chunk)))`, where `seed` is the
-//!   first 8 bytes of SHA-256("ddc-edge placement v2" || node id), computed once per
-//!   member, `key` the first 8 bytes of the chunk ID (already a SHA-256, so uniform) and
-//!   `fmix64` MurmurHash3's 64-bit finalizer (a bijection with full avalanche). About a
-//!   nanosecond per weight.
+//! The weight is `fmix64(seed(node) ^ fmix64(key(chunk)))`, where `seed` is the first 8
+//! bytes of SHA-256("ddc-edge placement v2" || node id), computed once per member, `key`
+//! the first 8 bytes of the chunk ID (already a SHA-256, so uniform) and `fmix64`
+//! MurmurHash3's 64-bit finalizer (a bijection with full avalanche): about a nanosecond
+//! per weight. Only the key enters, so the replication planner can place a chunk from
+//! the 8 bytes it keeps per chunk (docs/replication.md, "Memory").
 //!
-//! Each node advertises the newest version it computes in its health
-//! (`replication.placement`; absent means 1), and the fleet places with the lowest
-//! version any online member advertises, so a fleet upgrades node by node and switches
-//! to v2 once the last v1 node is gone. A switch is a membership change like any other:
-//! chunks move to their new places, and no copy is dropped before its new holders prove
-//! theirs (docs/replication.md, "Hand off").
+//! This is placement **v2**. 0.1 ranked by SHA-256(node id || chunk id) (v1), two SHA-256
+//! blocks per weight: ranking 1 M chunks over 1,000 nodes took minutes of CPU. Nodes
+//! still advertise the version they compute (`replication.placement` in their member
+//! record), but the fleet no longer follows the lowest one: 0.1 nodes publish no member
+//! record, so no real member computes v1, and following a record that claims it would
+//! let one member move every chunk of the fleet.
 
 use crate::store::ChunkId;
 
@@ -47,14 +44,6 @@ impl Member {
     }
 }
 
-/// The v1 weight of `node` for `chunk`.
-pub fn weight_v1(node: &str, chunk: &ChunkId) -> u64 {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(node.as_bytes());
-    ctx.update(&chunk.0);
-    first_u64(ctx.finish().as_ref())
-}
-
 /// A node's v2 seed.
 pub fn seed_v2(node: &str) -> u64 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -65,7 +54,7 @@ pub fn seed_v2(node: &str) -> u64 {
 
 /// A chunk's v2 key: its mixed first 8 bytes.
 pub fn key_v2(chunk: &ChunkId) -> u64 {
-    fmix64(first_u64(&chunk.0))
+    fmix64(chunk.key())
 }
 
 /// The v2 weight of the node with `seed` for the chunk with `key`.
@@ -80,7 +69,7 @@ fn first_u64(b: &[u8]) -> u64 {
 }
 
 /// MurmurHash3's finalizer.
-fn fmix64(mut k: u64) -> u64 {
+pub fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
     k ^= k >> 33;
@@ -88,22 +77,10 @@ fn fmix64(mut k: u64) -> u64 {
     k ^ (k >> 33)
 }
 
-/// The placement version a fleet uses: the lowest any online member computes (this
-/// build's when none is online).
-pub fn fleet_version(members: &[Member]) -> u8 {
-    members
-        .iter()
-        .filter(|m| m.online)
-        .map(|m| m.placement.clamp(1, VERSION))
-        .min()
-        .unwrap_or(VERSION)
-}
-
 /// The eligible members of one membership view, ready to rank chunks: build it once per
 /// membership change, then [`Placement::place`] costs one weight per eligible node.
 #[derive(Debug, Clone)]
 pub struct Placement {
-    version: u8,
     /// Eligible node ids with their v2 seeds, sorted by id.
     nodes: Vec<(String, u64)>,
     /// Index into `nodes` by seed.
@@ -112,11 +89,6 @@ pub struct Placement {
 
 impl Placement {
     pub fn new(members: &[Member], min_free: u64) -> Placement {
-        Placement::with_version(members, min_free, fleet_version(members))
-    }
-
-    /// As [`Placement::new`], with the weight function given.
-    pub fn with_version(members: &[Member], min_free: u64, version: u8) -> Placement {
         let mut nodes: Vec<(String, u64)> = members
             .iter()
             .filter(|m| m.eligible(min_free))
@@ -128,16 +100,12 @@ impl Placement {
             .enumerate()
             .map(|(i, (_, seed))| (*seed, i as u32))
             .collect();
-        Placement {
-            version,
-            nodes,
-            by_seed,
-        }
+        Placement { nodes, by_seed }
     }
 
-    /// Whether two views place every chunk alike (same eligible nodes and version).
+    /// Whether two views place every chunk alike (same eligible nodes).
     pub fn same_view(&self, other: &Placement) -> bool {
-        self.version == other.version && self.nodes == other.nodes
+        self.nodes == other.nodes
     }
 
     /// Whether `node` may be given replicas in this view.
@@ -182,16 +150,14 @@ impl Placement {
             .collect()
     }
 
-    /// Indices into `nodes` of the `factor` heaviest, heaviest first.
-    fn ranked(&self, chunk: &ChunkId, factor: usize) -> Vec<usize> {
-        let key = key_v2(chunk);
+    /// The `factor` heaviest nodes for the chunk whose ID starts with `key` (see
+    /// [`ChunkId::key`]), as indices into this view, heaviest first.
+    pub fn ranked_key(&self, key: u64, factor: usize) -> Vec<usize> {
+        let key = fmix64(key);
         // (weight, index): `nodes` is sorted by id, so a lower index is a lower id.
         let mut top: Vec<(u64, usize)> = Vec::with_capacity(factor + 1);
-        for (i, (id, seed)) in self.nodes.iter().enumerate() {
-            let w = match self.version {
-                1 => weight_v1(id, chunk),
-                _ => weight_v2(*seed, key),
-            };
+        for (i, (_, seed)) in self.nodes.iter().enumerate() {
+            let w = weight_v2(*seed, key);
             if top.len() == factor && top.last().is_none_or(|l| l.0 >= w) {
                 continue;
             }
@@ -202,6 +168,27 @@ impl Placement {
             top.truncate(factor);
         }
         top.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// The node at `index` of this view (from [`Placement::ranked_key`]).
+    pub fn node_at(&self, index: usize) -> &str {
+        &self.nodes[index].0
+    }
+
+    /// The seed of the node at `index` of this view.
+    pub fn seed_at(&self, index: usize) -> u64 {
+        self.nodes[index].1
+    }
+
+    /// The index of an eligible node in this view.
+    pub fn index_of(&self, node: &str) -> Option<usize> {
+        self.nodes
+            .binary_search_by(|(id, _)| id.as_str().cmp(node))
+            .ok()
+    }
+
+    fn ranked(&self, chunk: &ChunkId, factor: usize) -> Vec<usize> {
+        self.ranked_key(chunk.key(), factor)
     }
 }
 
@@ -281,17 +268,11 @@ mod tests {
     }
 
     /// The reference: rank every eligible node, sort, take `factor`.
-    fn ranked(c: &ChunkId, members: &[Member], factor: usize, version: u8) -> Vec<String> {
+    fn ranked(c: &ChunkId, members: &[Member], factor: usize) -> Vec<String> {
         let mut r: Vec<(u64, &str)> = members
             .iter()
             .filter(|m| m.eligible(0))
-            .map(|m| {
-                let w = match version {
-                    1 => weight_v1(&m.id, c),
-                    _ => weight_v2(seed_v2(&m.id), key_v2(c)),
-                };
-                (w, m.id.as_str())
-            })
+            .map(|m| (weight_v2(seed_v2(&m.id), key_v2(c)), m.id.as_str()))
             .collect();
         r.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
         r.into_iter()
@@ -301,27 +282,31 @@ mod tests {
     }
 
     #[test]
-    fn both_versions_keep_the_heaviest_nodes() {
+    fn placement_keeps_the_heaviest_nodes() {
         let members: Vec<Member> = (0..40).map(|i| m(&format!("node{i:02}"))).collect();
-        for version in [1, 2] {
-            let p = Placement::with_version(&members, 0, version);
-            for c in chunks(300) {
-                for factor in [1, 2, 3, 5] {
-                    assert_eq!(p.place(&c, factor), ranked(&c, &members, factor, version));
-                }
+        let p = Placement::new(&members, 0);
+        for c in chunks(300) {
+            for factor in [1, 2, 3, 5] {
+                assert_eq!(p.place(&c, factor), ranked(&c, &members, factor));
             }
         }
     }
 
     #[test]
-    fn v1_is_sha256_of_node_then_chunk() {
-        // Nodes of an older release compute exactly this: it must never change.
-        let c = ChunkId::of(b"chunk");
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"a1b2c3");
-        ctx.update(&c.0);
-        let d = ctx.finish();
-        assert_eq!(weight_v1("a1b2c3", &c).to_be_bytes(), d.as_ref()[..8]);
+    fn the_first_eight_bytes_of_a_chunk_id_decide_its_place() {
+        let members: Vec<Member> = (0..20).map(|i| m(&format!("node{i:02}"))).collect();
+        let p = Placement::new(&members, 0);
+        for mut c in chunks(50) {
+            let before = p.place(&c, 3);
+            c.0[8..].fill(0xa5);
+            assert_eq!(p.place(&c, 3), before);
+            let by_key: Vec<&str> = p
+                .ranked_key(c.key(), 3)
+                .into_iter()
+                .map(|i| p.node_at(i))
+                .collect();
+            assert_eq!(by_key, before);
+        }
     }
 
     #[test]
@@ -329,7 +314,7 @@ mod tests {
         // 10 nodes, factor 2: each holds a fifth of 50,000 chunks, and each of the 45
         // pairs holds a 45th of them, within 5 standard deviations.
         let members: Vec<Member> = (0..10).map(|i| m(&format!("n{i}"))).collect();
-        let p = Placement::with_version(&members, 0, 2);
+        let p = Placement::new(&members, 0);
         let (mut per_node, mut per_pair) = (
             std::collections::HashMap::new(),
             std::collections::HashMap::new(),
@@ -360,23 +345,18 @@ mod tests {
         check(&per_pair, 1.0 / 45.0, "pair");
     }
 
+    /// A member record claiming another placement version changes nothing: following
+    /// the lowest version online (as 0.1's plan was) let one member move every chunk.
     #[test]
-    fn the_fleet_places_with_the_oldest_version_online() {
+    fn a_member_claiming_an_old_placement_version_moves_nothing() {
         let mut members = vec![m("a"), m("b"), m("c")];
-        assert_eq!(fleet_version(&members), 2);
+        let before = Placement::new(&members, 0);
         members[1].placement = 1;
-        assert_eq!(fleet_version(&members), 1);
-        let c = chunks(1)[0];
-        assert_eq!(
-            Placement::new(&members, 0).place(&c, 2),
-            ranked(&c, &members, 2, 1)
-        );
-        // Gone offline, the old node no longer holds the fleet back.
-        members[1].online = false;
-        assert_eq!(fleet_version(&members), 2);
-        // A version from the future counts as ours.
-        members[2].placement = 9;
-        assert_eq!(fleet_version(&members), 2);
+        let after = Placement::new(&members, 0);
+        assert!(before.same_view(&after));
+        for c in chunks(100) {
+            assert_eq!(before.place(&c, 2), after.place(&c, 2));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! listing asks for a reply. Anything else (an unknown type or version, a bad line, too
 //! many lines, a bucket twice) is refused whole, naming the line.
 
-use super::planner::{Action, BUCKETS, Digest};
+use super::planner::{BUCKETS, Digest};
 use crate::store::ChunkId;
 
 /// Chunk IDs per message: 256 x 67 bytes keeps a message under 18 KiB, well inside the
@@ -41,35 +41,29 @@ pub enum Message {
     },
 }
 
-/// The messages (addressee, body) that carry an action to another node; empty for
-/// actions the driver carries out itself (fetches, hand-offs).
-pub fn encode(action: &Action) -> Vec<(String, String)> {
-    match action {
-        Action::Notify { to, ids } => ids
+/// The bodies that carry `msg`: one, or several for a notice or listing of more than
+/// [`MAX_IDS`] chunks (only the first part of a listing asks for a reply).
+pub fn encode(msg: &Message) -> Vec<String> {
+    match msg {
+        Message::Notice(ids) => ids
             .chunks(MAX_IDS)
             .map(|part| {
                 let mut s = format!("{MAGIC} notice");
                 for (id, f) in part {
                     s.push_str(&format!("\n{id} {f}"));
                 }
-                (to.clone(), s)
+                s
             })
             .collect(),
-        Action::Digest { to, digest } => {
-            vec![(
-                to.clone(),
-                format!("{MAGIC} digest\n{}", digest_line(digest)),
-            )]
-        }
-        Action::Buckets { to, buckets } => {
+        Message::Digest(digest) => vec![format!("{MAGIC} digest\n{}", digest_line(digest))],
+        Message::Buckets(buckets) => {
             let mut s = format!("{MAGIC} buckets");
             for (b, d) in buckets.iter().enumerate().filter(|(_, d)| d.count > 0) {
                 s.push_str(&format!("\n{b} {}", digest_line(d)));
             }
-            vec![(to.clone(), s)]
+            vec![s]
         }
-        Action::Listing {
-            to,
+        Message::Listing {
             buckets,
             ids,
             reply,
@@ -78,7 +72,7 @@ pub fn encode(action: &Action) -> Vec<(String, String)> {
             let list = list.join(",");
             let head = |reply: bool| format!("{MAGIC} listing {} {list}", u8::from(reply));
             if ids.is_empty() {
-                return vec![(to.clone(), head(*reply))];
+                return vec![head(*reply)];
             }
             ids.chunks(MAX_IDS)
                 .enumerate()
@@ -87,11 +81,10 @@ pub fn encode(action: &Action) -> Vec<(String, String)> {
                     for id in part {
                         s.push_str(&format!("\n{id}"));
                     }
-                    (to.clone(), s)
+                    s
                 })
                 .collect()
         }
-        Action::Fetch { .. } | Action::HandOff { .. } => Vec::new(),
     }
 }
 
@@ -240,92 +233,49 @@ mod tests {
     fn digest(ids: &[ChunkId]) -> Digest {
         let mut d = Digest::default();
         for i in ids {
-            d.add(i);
+            d.add(i.key());
         }
         d
     }
 
-    fn roundtrip(a: Action) -> Vec<Message> {
-        encode(&a)
+    fn roundtrip(m: &Message) -> Vec<Message> {
+        encode(m)
             .into_iter()
-            .map(|(to, body)| {
-                assert_eq!(to, "peer");
-                decode(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
-            })
+            .map(|body| decode(&body).unwrap_or_else(|e| panic!("{e}\n{body}")))
             .collect()
     }
 
     #[test]
     fn every_message_reads_back_as_sent() {
         let ids: Vec<(ChunkId, u8)> = (0..3).map(|n| (id(n), 2 + n as u8)).collect();
-        assert_eq!(
-            roundtrip(Action::Notify {
-                to: "peer".into(),
-                ids: ids.clone()
-            }),
-            [Message::Notice(ids)]
-        );
         let d = digest(&[id(1), id(2)]);
-        assert_eq!(
-            roundtrip(Action::Digest {
-                to: "peer".into(),
-                digest: d
-            }),
-            [Message::Digest(d)]
-        );
         let mut b = vec![Digest::default(); BUCKETS];
         b[0] = d;
         b[255] = digest(&[id(9)]);
-        let b = b.into_boxed_slice();
-        assert_eq!(
-            roundtrip(Action::Buckets {
-                to: "peer".into(),
-                buckets: b.clone()
-            }),
-            [Message::Buckets(b)]
-        );
-        let l = Action::Listing {
-            to: "peer".into(),
-            buckets: vec![0, 7, 255],
-            ids: vec![id(1), id(2)],
-            reply: true,
-        };
-        assert_eq!(
-            roundtrip(l),
-            [Message::Listing {
+        for m in [
+            Message::Notice(ids),
+            Message::Digest(d),
+            Message::Buckets(b.into_boxed_slice()),
+            Message::Listing {
                 reply: true,
                 buckets: vec![0, 7, 255],
-                ids: vec![id(1), id(2)]
-            }]
-        );
-        // An empty listing still carries the reply request.
-        assert_eq!(
-            roundtrip(Action::Listing {
-                to: "peer".into(),
-                buckets: vec![3],
-                ids: vec![],
-                reply: true
-            }),
-            [Message::Listing {
+                ids: vec![id(1), id(2)],
+            },
+            // An empty listing still carries the reply request.
+            Message::Listing {
                 reply: true,
                 buckets: vec![3],
-                ids: vec![]
-            }]
-        );
-        assert!(
-            encode(&Action::Fetch {
-                id: id(1),
-                from: "x".into()
-            })
-            .is_empty()
-        );
+                ids: vec![],
+            },
+        ] {
+            assert_eq!(roundtrip(&m), [m]);
+        }
     }
 
     #[test]
     fn long_notices_and_listings_are_split_and_only_the_first_part_asks_a_reply() {
         let ids: Vec<ChunkId> = (0..(MAX_IDS as u32 * 2 + 1)).map(id).collect();
-        let parts = roundtrip(Action::Listing {
-            to: "peer".into(),
+        let parts = roundtrip(&Message::Listing {
             buckets: vec![1, 2],
             ids: ids.clone(),
             reply: true,
@@ -340,12 +290,9 @@ mod tests {
             back.extend(ids);
         }
         assert_eq!(back, ids);
-        let notice = encode(&Action::Notify {
-            to: "peer".into(),
-            ids: ids.iter().map(|i| (*i, 2)).collect(),
-        });
+        let notice = encode(&Message::Notice(ids.iter().map(|i| (*i, 2)).collect()));
         assert_eq!(notice.len(), 3);
-        for (_, body) in &notice {
+        for body in &notice {
             assert!(body.len() < 18 << 10, "{} bytes", body.len());
         }
     }

@@ -37,6 +37,15 @@ impl ChunkId {
         self.to_string()
     }
 
+    /// The first 8 bytes, big-endian: what placement ranks by and what the replication
+    /// planner keeps per chunk (a chunk's "key"). Its top byte is `self.0[0]`, the
+    /// fan-out directory and the anti-entropy bucket.
+    pub fn key(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(b)
+    }
+
     /// The first byte as two hex digits: the fan-out directory.
     pub fn fanout(&self) -> String {
         format!("{:02x}", self.0[0])

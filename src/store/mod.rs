@@ -922,6 +922,33 @@ impl Store {
         Ok(())
     }
 
+    /// The stored chunks whose keys ([`ChunkId::key`]) are among `keys`, in ID order:
+    /// how the replication planner, which keeps 8 bytes per chunk, gets full IDs back.
+    /// Reads one fan-out directory per distinct first byte.
+    pub fn ids_with_keys(&self, keys: &[u64]) -> Result<Vec<ChunkId>> {
+        let wanted: std::collections::HashSet<u64> = keys.iter().copied().collect();
+        let mut dirs: Vec<u8> = keys.iter().map(|k| (k >> 56) as u8).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        let mut out = Vec::new();
+        for b in dirs {
+            let dir = self.root.join("chunks").join(format!("{b:02x}"));
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("reading {}", dir.display()))(e)),
+            };
+            out.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<ChunkId>().ok())
+                    .filter(|id| wanted.contains(&id.key())),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// One page of the listing: up to `limit` chunks with IDs above `after`.
     pub fn list_page(&self, after: Option<ChunkId>, limit: usize) -> Result<Vec<(ChunkId, u64)>> {
         let mut out = Vec::new();

@@ -581,3 +581,22 @@ fn parallel_writes_filling_the_quota_exactly_all_fit() {
         assert_eq!(s.stat().unwrap().used_bytes, (chunk * chunks) as u64);
     }
 }
+
+/// The replication planner keeps 8 bytes per chunk and asks the store for the full IDs:
+/// every stored chunk with one of the keys, and nothing else.
+#[test]
+fn chunks_are_found_by_the_first_eight_bytes_of_their_ids() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    let ids: Vec<ChunkId> = (0..40u8)
+        .map(|i| s.put(&data(100, i)).unwrap().id())
+        .collect();
+    let some: Vec<u64> = ids.iter().step_by(3).map(ChunkId::key).collect();
+    let mut want: Vec<ChunkId> = ids.iter().step_by(3).copied().collect();
+    want.sort();
+    assert_eq!(s.ids_with_keys(&some).unwrap(), want);
+    // A key nobody has (and a fan-out directory never written) finds nothing.
+    let absent = ChunkId::of(b"never stored").key();
+    assert!(s.ids_with_keys(&[absent]).unwrap().is_empty());
+    assert!(s.ids_with_keys(&[]).unwrap().is_empty());
+}
