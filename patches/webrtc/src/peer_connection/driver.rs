@@ -26,7 +26,7 @@ use bytes::BytesMut;
 use futures::FutureExt; // For .fuse() in futures::select!
 use futures::future::OptionFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use log::{debug, error, trace, warn};
+use log::{debug, error, info, trace, warn};
 use rtc::ice::candidate::Candidate;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::mdns::{MDNS_PORT, MulticastSocket};
@@ -2122,13 +2122,34 @@ where
                     scratch.extend_from_slice(&w.message);
                 }
                 if let Err(err) = send_datagrams(&*socket, &scratch, seg, tp.peer_addr, ecn).await {
-                    error!(
-                        "Failed to GSO-send {} datagrams to {:?} from {:?}: {}",
-                        end - i,
-                        tp.peer_addr,
-                        tp.local_addr,
-                        err
-                    );
+                    if socket.max_gso_segments() <= 1 {
+                        // The device has no UDP segmentation offload (EIO: virtio-net
+                        // without checksum offload, some Wi-Fi drivers): quinn-udp has
+                        // just turned GSO off for this socket, so send the run one by
+                        // one rather than lose it, and every later run goes that way.
+                        info!(
+                            "UDP segmentation offload unavailable from {:?} ({}); sending datagrams one by one",
+                            tp.local_addr, err
+                        );
+                        for w in &writes[i..end] {
+                            if let Err(err) =
+                                send_datagrams(&*socket, &w.message, 0, tp.peer_addr, None).await
+                            {
+                                error!(
+                                    "Failed to write packet to {:?} from {:?}: {}",
+                                    tp.peer_addr, tp.local_addr, err
+                                );
+                            }
+                        }
+                    } else {
+                        error!(
+                            "Failed to GSO-send {} datagrams to {:?} from {:?}: {}",
+                            end - i,
+                            tp.peer_addr,
+                            tp.local_addr,
+                            err
+                        );
+                    }
                 }
             } else {
                 // Small run (or singleton): individual send_to is cheaper than the GSO
