@@ -17,7 +17,9 @@ case "$target" in
   armv7-unknown-linux-gnueabihf) arch=armhf board=rpi-armv7 objdump=arm-linux-gnueabihf-objdump qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) ;;
   *) echo "error: unsupported target $target" >&2; exit 2 ;;
 esac
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# DDC_EDGE_DEB_VERSION overrides the package version (the system test builds a higher
+# one to test upgrades).
+version=${DDC_EDGE_DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)}
 
 bin=$(scripts/build-release.sh "$target" | tail -n 1)
 stage=target/package/$arch

@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# The system test (docs/deploy.md, "Verified"): the arm64 .deb installed on a booted
+# Debian bookworm under full-system emulation, run by systemd, then upgraded, removed and
+# purged, while a mosquitto on this host checks what the node publishes and answers.
+#
+#   scripts/system-test.sh            # everything (about 10 minutes with a cached image)
+#   scripts/system-test.sh --quick    # boot, install, active, health, a command
+#
+# The machine is qemu-system-aarch64 -M virt (TCG, 2 vCPUs, 1 GiB) with Debian's own
+# kernel. Its root filesystem is built from Debian packages and cached under
+# target/system-test/ (a few minutes, once): debootstrap's first stage runs here, its
+# second stage inside the emulated machine itself (this host has no binfmt_misc), booted
+# through a small initramfs of busybox and the kernel's virtio and ext4 modules. Test
+# runs boot the cached image with -snapshot, so it stays clean.
+#
+# The guest drives itself: a test disk (label "systest") carries the packages and
+# guest-run.sh, which a unit in the image runs at boot. The guest reaches this host at
+# 10.0.2.2 (user-mode networking); the two sides meet on the mosquitto this script starts.
+# A failure prints the guest's console, which has the journal of the agent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+[[ ${1:-} == --quick ]] && mode=quick
+arch=arm64
+rust_target=aarch64-unknown-linux-gnu
+cache=target/system-test/$arch
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Bump to rebuild cached images after changing how they are built.
+image_version=3
+t0=$(date +%s)
+say() { echo "== system test: $*"; }
+die() { echo "error: system test: $*" >&2; exit 1; }
+
+need=()
+for c in qemu-system-aarch64:qemu-system-arm debootstrap:debootstrap cpio:cpio mke2fs:e2fsprogs \
+         mosquitto:mosquitto mosquitto_sub:mosquitto-clients; do
+  command -v "${c%%:*}" >/dev/null || need+=("${c##*:}")
+done
+if ((${#need[@]})); then
+  say "installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
+# Boots the emulated machine until it powers off or `timeout` seconds pass.
+#   boot LOG TIMEOUT INIT EXTRA_QEMU_ARGS...
+boot() {
+  local log=$1 timeout=$2 init=$3
+  shift 3
+  timeout --foreground "$timeout" qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
+    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+    -append "console=ttyAMA0 panic=-1 init=$init" \
+    -drive if=none,id=root,file="$cache/root.img",format=raw -device virtio-blk-device,drive=root \
+    -netdev user,id=net -device virtio-net-device,netdev=net \
+    -display none -monitor none -serial file:"$log" -no-reboot "$@"
+}
+
+build_image() {
+  local work=$cache/build
+  rm -rf "$work" && mkdir -p "$work"
+  say "building the bookworm $arch root filesystem (debootstrap, first stage)"
+  debootstrap --foreign --arch="$arch" --variant=minbase \
+    --include=systemd,systemd-sysv,udev,dbus,adduser,kmod,iproute2,mosquitto-clients,busybox-static,linux-image-arm64 \
+    bookworm "$work/root" "$mirror" > "$work/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$work/debootstrap.log"; die "debootstrap failed"; }
+  local debs=$work/root/var/cache/apt/archives
+  local kdebs=("$debs"/linux-image-[0-9]*-"$arch"_*.deb) bbdebs=("$debs"/busybox-static_*.deb)
+  local kdeb=${kdebs[0]}
+  dpkg-deb -x "$kdeb" "$work/kernel"
+  dpkg-deb -x "${bbdebs[0]}" "$work/busybox"
+  cp "$work"/kernel/boot/vmlinuz-* "$cache/vmlinuz"
+  # The kernel and busybox were only wanted as files: installing the kernel in the guest
+  # would build its initramfs under TCG (more than ten minutes). Its modules are copied
+  # in instead (depmod runs in the second stage), so udev can load what it needs.
+  local drop=" linux-image-arm64 linux-base initramfs-tools initramfs-tools-core klibc-utils libklibc busybox-static "
+  local base="" pkgs
+  read -ra pkgs < "$work/root/debootstrap/base"
+  for p in "${pkgs[@]}"; do
+    [[ $drop == *" $p "* || $p == linux-image-[0-9]* ]] || base+="$p "
+  done
+  echo "${base% }" > "$work/root/debootstrap/base"
+  mkdir -p "$work/root/usr/lib/modules"
+  cp -a "$work"/kernel/lib/modules/* "$work/root/usr/lib/modules/"
+
+  # The initramfs: busybox, the modules the root disk and the network need, and an
+  # init that mounts the disk labelled ddc-root and hands over to init= (default
+  # /sbin/init).
+  local ir=$work/initrd
+  mkdir -p "$ir"/{bin,dev,proc,sys,root,lib/modules}
+  cp "$work/busybox/bin/busybox" "$ir/bin/"
+  for m in crc16 mbcache jbd2 crc32c_generic ext4 virtio_mmio virtio_blk failover net_failover virtio_net; do
+    cp "$(find "$work/kernel/lib/modules" -name "$m.ko" | head -n 1)" "$ir/lib/modules/" \
+      || die "kernel module $m not found in $kdeb"
+  done
+  cat > "$ir/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in crc16 mbcache jbd2 crc32c_generic ext4 virtio_mmio virtio_blk failover net_failover virtio_net; do
+  insmod /lib/modules/$m.ko || echo "initramfs: loading $m failed"
+done
+init=/sbin/init
+for a in $(cat /proc/cmdline); do
+  case $a in init=*) init=${a#init=} ;; esac
+done
+root=
+for i in $(seq 1 100); do
+  root=$(findfs LABEL=ddc-root 2>/dev/null) && break
+  sleep 0.1
+done
+mount -t ext4 -o rw "$root" /root || { echo "initramfs: cannot mount the root disk ($root)"; exec sh; }
+mount --move /dev /root/dev
+umount /proc /sys
+exec switch_root /root "$init"
+INIT
+  chmod 0755 "$ir/init"
+  (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -9) > "$cache/initrd.gz"
+
+  # The second stage runs as init in the emulated machine, then configures the system
+  # the tests boot: DHCP on the virtio NIC, the test runner unit, no apt timers.
+  cat > "$work/root/stage2.sh" <<'STAGE2'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+if /debootstrap/debootstrap --second-stage; then
+  depmod -a "$(ls /usr/lib/modules | head -n 1)"
+  echo ddc-systest > /etc/hostname
+  echo 'LABEL=ddc-root / ext4 defaults 0 1' > /etc/fstab
+  passwd -d root
+  mkdir -p /etc/systemd/network
+  printf '[Match]\nName=e*\n\n[Network]\nDHCP=yes\n' > /etc/systemd/network/10-wired.network
+  systemctl enable systemd-networkd.service systemd-networkd-wait-online.service
+  systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null
+  cat > /etc/systemd/system/systest.service <<'UNIT'
+[Unit]
+Description=ddc-edge system test runner (scripts/system-test.sh)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'mkdir -p /mnt/t && mount -o ro LABEL=systest /mnt/t && exec sh /mnt/t/guest-run.sh'
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  systemctl enable systest.service
+  apt-get clean
+  echo STAGE2-OK
+else
+  echo STAGE2-FAILED
+  tail -n 40 /debootstrap/debootstrap.log
+fi
+sync
+echo o > /proc/sysrq-trigger
+sleep 60
+STAGE2
+  chmod 0755 "$work/root/stage2.sh"
+  say "making the disk image"
+  rm -f "$cache/root.img"
+  mke2fs -q -t ext4 -L ddc-root -d "$work/root" "$cache/root.img" 3G
+  say "second stage inside the emulated machine (several minutes under TCG)"
+  local log=$cache/stage2.log
+  boot "$log" 2400 /stage2.sh || true
+  if ! grep -q STAGE2-OK "$log"; then
+    tail -n 60 "$log"
+    rm -f "$cache/root.img"
+    die "the second stage did not finish (console above, all of it in $log)"
+  fi
+  rm -rf "$work"
+  echo "$image_version" > "$cache/image-version"
+}
+
+mkdir -p "$cache"
+if [[ ! -f $cache/root.img || $(cat "$cache/image-version" 2>/dev/null) != "$image_version" ]]; then
+  build_image
+fi
+t1=$(date +%s)
+say "image ready ($((t1 - t0)) s)"
+
+# The packages: the one scripts/package.sh builds, and the same with a higher version
+# for the upgrade.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+run=$cache/run
+rm -rf "$run" && mkdir -p "$run/disk"
+say "packages"
+cp "$(scripts/package.sh "$rust_target" | tail -n 1)" "$run/disk/a.deb"
+cp "$(DDC_EDGE_DEB_VERSION="$version+systest" scripts/package.sh "$rust_target" | tail -n 1)" "$run/disk/b.deb"
+cargo build -q --bin ddc-edge
+ddc=target/debug/ddc-edge
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$run/mosquitto.conf"
+mosquitto -c "$run/mosquitto.conf" > "$run/mosquitto.log" 2>&1 &
+mpid=$!
+qpid=
+cleanup() {
+  [[ -n $qpid ]] && kill "$qpid" 2>/dev/null
+  kill "$mpid" 2>/dev/null
+  [[ -n ${spid:-} ]] && kill "$spid" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+for _ in $(seq 50); do mosquitto_pub -h 127.0.0.1 -p "$port" -t systest/ping -m x 2>/dev/null && break; sleep 0.1; done
+mosquitto_sub -h 127.0.0.1 -p "$port" -v -t '#' > "$run/mqtt.log" 2>&1 &
+spid=$!
+
+operator=$("$ddc" ctl --key "$run/operator.key" --public-key)
+cat > "$run/disk/env" <<ENV
+PORT=$port
+OPERATOR=$operator
+MODE=$mode
+VERSION_B=$version+systest
+ENV
+cp scripts/system-test-guest.sh "$run/disk/guest-run.sh"
+mke2fs -q -t ext4 -L systest -d "$run/disk" "$run/disk.img" 64M
+
+log=$run/console.log
+fail() {
+  echo "---- guest console (last 150 lines; all of it in $log) ----" >&2
+  tail -n 150 "$log" >&2 || true
+  die "$*"
+}
+say "booting the image (console: $log)"
+tb=$(date +%s)
+boot "$log" 1800 /sbin/init -snapshot \
+  -drive if=none,id=t,file="$run/disk.img",format=raw,readonly=on -device virtio-blk-device,drive=t &
+qpid=$!
+
+# The guest installs, provisions and starts the agent, then says so.
+msg=$(mosquitto_sub -h 127.0.0.1 -p "$port" -t systest/guest/active -C 1 -W 1200) \
+  || fail "the agent never became active in the guest"
+id=${msg#active }
+say "agent active in the guest after $(( $(date +%s) - tb )) s: node $id"
+health=$(mosquitto_sub -h 127.0.0.1 -p "$port" -t "ddc/nodes/$id/health" -C 1 -W 120) \
+  || fail "no health from node $id"
+python3 - "$health" <<'PY' || fail "health from the guest is not what the VM has"
+import json, sys
+h = json.loads(sys.argv[1])
+assert h["board"] == "rpi4", h["board"]
+# -M virt has no thermal zone: unknown is null, not an error or a made-up value.
+assert h["cpu_temp_c"] is None, h["cpu_temp_c"]
+assert h["disk"]["offered_bytes"] > 0, h["disk"]
+print("health:", {k: h[k] for k in ("board", "cpu_temp_c", "battery_percent", "level", "version")})
+PY
+mosquitto_sub -h 127.0.0.1 -p "$port" -t "homeassistant/device/ddc_$id/config" -C 1 -W 60 > /dev/null \
+  || fail "no Home Assistant discovery from node $id"
+say "health and Home Assistant discovery arrived"
+"$ddc" ctl --broker "mqtt://127.0.0.1:$port" --key "$run/operator.key" --timeout 60s "$id" status \
+  || fail "the signed status command got no good reply"
+say "a signed command was answered"
+head -c 3000000 /dev/urandom > "$run/file"
+file_id=$("$ddc" put "$run/file" --to "$id" --key "$run/operator.key" --broker "mqtt://127.0.0.1:$port" | tail -n 1) \
+  || fail "storing a file on the guest over WebRTC failed"
+"$ddc" get "$file_id" --from "$id" --out "$run/file.back" --key "$run/operator.key" --broker "mqtt://127.0.0.1:$port" \
+  || fail "reading the file back from the guest failed"
+cmp -s "$run/file" "$run/file.back" || fail "the file read back differs"
+say "a 3 MB file stored on the guest over WebRTC (through its NAT) and read back"
+mosquitto_pub -h 127.0.0.1 -p "$port" -r -q 1 -t systest/host/checked -m ok
+
+wait "$qpid" || true
+qpid=
+grep -a "SYSTEST" "$log" | sed 's/^/   guest: /'
+grep -aq "SYSTEST DONE 0" "$log" || fail "the guest's checks failed"
+t2=$(date +%s)
+say "passed ($mode): image $((t1 - t0)) s, test $((t2 - t1)) s, total $((t2 - t0)) s"
