@@ -158,6 +158,8 @@ else
   tail -n 40 /debootstrap/debootstrap.log
 fi
 sync
+# A clean file system (no journal to replay), so the image can be edited offline.
+mount -o remount,ro / 2>/dev/null
 echo o > /proc/sysrq-trigger
 sleep 60
 STAGE2
@@ -191,7 +193,9 @@ run=$cache/run
 rm -rf "$run" && mkdir -p "$run/disk"
 say "packages"
 cp "$(scripts/package.sh "$rust_target" | tail -n 1)" "$run/disk/a.deb"
-cp "$(DDC_EDGE_DEB_VERSION="$version+systest" scripts/package.sh "$rust_target" | tail -n 1)" "$run/disk/b.deb"
+b=$(DDC_EDGE_DEB_VERSION="$version+systest" scripts/package.sh "$rust_target" | tail -n 1)
+# Only the test needs this one: keep it out of target/package, which CI ships.
+mv "$b" "$run/disk/b.deb"
 cargo build -q --bin ddc-edge
 ddc=target/debug/ddc-edge
 

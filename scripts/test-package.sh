@@ -12,8 +12,10 @@ echo "== shellcheck maintainer scripts"
 shellcheck -s sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm
 shellcheck scripts/*.sh .ci/run
 
+arm64_deb=
 for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   deb=$(scripts/package.sh "$target" | tail -n 1)
+  [ "$target" = aarch64-unknown-linux-gnu ] && arm64_deb=$deb
   echo "== $deb"
   info=$(dpkg-deb -I "$deb")
   want_arch=arm64; [ "$target" = armv7-unknown-linux-gnueabihf ] && want_arch=armhf
@@ -43,7 +45,7 @@ done
 echo "== the arm64 package, extracted and run under qemu"
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-dpkg-deb -x target/package/ddc-edge_*_arm64.deb "$root"
+dpkg-deb -x "$arm64_deb" "$root"
 run() { qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/ddc-edge" "$@"; }
 v=$(run --version)
 [[ $v == "ddc-edge "* ]] || fail "--version said: $v"
