@@ -403,10 +403,8 @@ impl Replicator {
             Ok(StoreEvent::Removed { id }) => {
                 // The planner keeps one entry per key: keep it while another chunk
                 // with the same first 8 bytes remains.
-                let store = Arc::clone(&self.store);
                 let key = id.key();
-                let others = tokio::task::spawn_blocking(move || store.ids_with_keys(&[key])).await;
-                if !matches!(others, Ok(Ok(v)) if !v.is_empty()) {
+                if self.ids_with_keys(vec![key]).await.is_empty() {
                     lock(&self.planner).removed_key(key);
                 }
             }
