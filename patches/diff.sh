@@ -8,5 +8,5 @@ trap 'rm -rf "$up"' EXIT
 for crate in rtc-sctp rtc-dtls rtc webrtc; do
     curl -sfL "https://static.crates.io/crates/$crate/$crate-0.21.1.crate" | tar xz -C "$up"
     diff -ru "$up/$crate-0.21.1/src" "patches/$crate/src" |
-        sed -e "s|$up||" -e 's|^\(---\|+++\) \([^\t]*\)\t.*|\1 \2|' || true
+        sed -E -e "s|$up||" -e 's/^((---|\+\+\+) [^[:space:]]+).*/\1/' || true
 done

@@ -2115,7 +2115,11 @@ where
             // GSO only when the run is both worth it and physically batchable. Clamp the
             // threshold to `max_seg` so a socket with a small GSO limit (< MIN_GSO_RUN)
             // still batches rather than degrading to all-singleton sends.
-            if max_seg > 1 && end - i >= MIN_GSO_RUN.min(max_seg) {
+            // Small runs (or singletons) go out one by one: individual send_to is cheaper
+            // than the GSO setup. (ECN is carried only on the GSO run path; inert today
+            // since the rtc core always emits ecn: None.)
+            let mut one_by_one = !(max_seg > 1 && end - i >= MIN_GSO_RUN.min(max_seg));
+            if !one_by_one {
                 // Large run: one GSO sendmsg beats end-i individual send_to syscalls.
                 scratch.clear();
                 for w in &writes[i..end] {
@@ -2131,16 +2135,7 @@ where
                             "UDP segmentation offload unavailable from {:?} ({}); sending datagrams one by one",
                             tp.local_addr, err
                         );
-                        for w in &writes[i..end] {
-                            if let Err(err) =
-                                send_datagrams(&*socket, &w.message, 0, tp.peer_addr, None).await
-                            {
-                                error!(
-                                    "Failed to write packet to {:?} from {:?}: {}",
-                                    tp.peer_addr, tp.local_addr, err
-                                );
-                            }
-                        }
+                        one_by_one = true;
                     } else {
                         error!(
                             "Failed to GSO-send {} datagrams to {:?} from {:?}: {}",
@@ -2151,10 +2146,8 @@ where
                         );
                     }
                 }
-            } else {
-                // Small run (or singleton): individual send_to is cheaper than the GSO
-                // setup. (ECN is carried only on the GSO run path; inert today since the
-                // rtc core always emits ecn: None.)
+            }
+            if one_by_one {
                 for w in &writes[i..end] {
                     if let Err(err) =
                         send_datagrams(&*socket, &w.message, 0, tp.peer_addr, None).await
