@@ -3,7 +3,7 @@
 //! signed messages as native peers.
 
 mod common;
-use common::browser::drive;
+use common::browser::{Driven, drive};
 use common::mosquitto::{Mosquitto, free_port};
 use common::*;
 use std::path::Path;
@@ -208,5 +208,84 @@ fn hostile_health_shows_as_text_and_runs_nothing() {
     assert!(
         csp.contains(&format!("ws://127.0.0.1:{ws}")),
         "CSP must allow the broker: {csp:?}"
+    );
+}
+
+/// web/mqtt.js on its own, under Node's test runner with a scripted WebSocket and
+/// simulated timers: packet ids wrap to 1 (they used to reach 0 after 65,535 requests,
+/// and a broker disconnects a client for that), a lost connection is retried with backoff
+/// and the subscriptions come back, a silent one is replaced, an oversized message is
+/// skipped.
+#[test]
+fn the_pages_mqtt_client_passes_its_unit_tests() {
+    common::browser::check_prerequisites();
+    let o = std::process::Command::new("node")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--test", "tests/browser/mqtt.test.mjs"])
+        .output()
+        .expect("running node --test");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "node --test failed:\n{out}\n{}",
+        stderr(&o)
+    );
+    let passed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("# pass "))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    assert!(
+        passed >= Some(5),
+        "expected at least 5 passing tests:\n{out}"
+    );
+}
+
+/// With the default embedded broker the broker is the agent: every restart of the agent
+/// closed the page's WebSocket, and the page never reconnected (its node table froze, its
+/// stores and fetches failed). Now the page reconnects with backoff, subscribes again and
+/// shows the node online with fresh health, without a reload.
+#[test]
+fn the_page_reconnects_when_the_agent_and_its_embedded_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = free_listeners();
+    let web = sets
+        .iter()
+        .find_map(|s| s.strip_prefix("web.listen="))
+        .unwrap()
+        .to_string();
+    sets.push("web.enabled=true".into());
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let start = || start_agent("embedded", dir.path(), &fixture("pi4-mains"), &sets);
+    let mut agent = start();
+    let mut page = Driven::spawn(&format!("http://{web}/"), 1, &["reconnect"]);
+    let before = page.next(Duration::from_secs(60));
+    assert_eq!(before["phase"], "online", "{before}");
+    assert_eq!(before["id"], node_id(dir.path()).as_str(), "{before}");
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+    drop(agent);
+    let _agent = start();
+    let r = page.next(Duration::from_secs(120));
+    assert_eq!(r["mqtt"]["connected"], true, "{r}");
+    assert!(r["mqtt"]["reconnects"].as_u64() >= Some(1), "{r}");
+    let now = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == before["id"]);
+    let fresh = now.and_then(|n| n["ts"].as_u64()) > before["ts"].as_u64();
+    assert!(
+        fresh,
+        "the node's health after the restart is not newer: {r}"
+    );
+    let log = r["log"].as_str().unwrap_or_default();
+    assert!(log.contains("lost the broker"), "{log}");
+    assert!(log.contains("reconnected to"), "{log}");
+    assert!(
+        r["broker"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("broker ws://"),
+        "{r}"
     );
 }

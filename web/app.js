@@ -138,10 +138,18 @@ async function main() {
     nodes.set(m[1], n);
     render();
   });
-  await mqtt.connect();
+  // Subscriptions are made again on every connection: the broker is often the agent
+  // itself, and it goes away whenever the agent restarts.
   mqtt.subscribe(replyTopic);
   mqtt.subscribe(`${cfg.prefix}/nodes/+/status`);
   mqtt.subscribe(`${cfg.prefix}/nodes/+/health`, 0);
+  mqtt.onState((state, detail) => {
+    $("#broker").textContent = state === "connected" ? `broker ${cfg.mqtt_ws_url}` : `broker: ${detail}`;
+    $("#broker").className = state;
+    if (state === "connected" && mqtt.reconnects > 0) log(`reconnected to ${cfg.mqtt_ws_url}`);
+    else if (state === "disconnected") log(`lost the broker: ${detail}`);
+  });
+  await mqtt.connect();
   log(`connected to ${cfg.mqtt_ws_url} as ${me.id}`);
 
   const drop = $("#drop");
@@ -178,7 +186,8 @@ window.ddc = {
   storeBytes,
   fetchBytes,
   sha256hex: async (b) => hex(await sha256(b)),
-  nodes: () => [...nodes.entries()].map(([id, n]) => ({ id, status: n.status, level: n.health?.level })),
+  nodes: () => [...nodes.entries()].map(([id, n]) => ({ id, status: n.status, level: n.health?.level, ts: n.health?.ts })),
+  mqtt: () => ({ connected: mqtt.connected, reconnects: mqtt.reconnects }),
   me: () => me,
 };
 

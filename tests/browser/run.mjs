@@ -4,6 +4,9 @@
 //   node run.mjs URL roundtrip OUT_DIR [MiB]   store random bytes from the page, fetch them back
 //   node run.mjs URL fetch FILE_ID SHA256       fetch a file stored by someone else
 //   node run.mjs URL c2c [MiB]                  Chromium-to-Chromium data-channel throughput
+//   node run.mjs URL reconnect                  print a line once a node is online, then wait
+//                                               for the page to lose the broker, reconnect
+//                                               and see the node online with fresh health
 //   node run.mjs URL hostile NEEDLE             wait for NEEDLE as text in the node table;
 //                                               report whether any markup from it ran
 import { chromium } from "playwright-core";
@@ -66,6 +69,20 @@ try {
       text: document.querySelector("#nodes tbody").textContent,
     }));
     console.log(JSON.stringify({ ok: r.pwned === null && r.elements === 0, csp, ...r }));
+  } else if (mode === "reconnect") {
+    // The test restarts the agent (and its embedded broker) after the first line.
+    const before = await page.evaluate(() => window.ddc.nodes().find((n) => n.status === "online"));
+    console.log(JSON.stringify({ phase: "online", ...before }));
+    await page.waitForFunction(() => !window.ddc.mqtt().connected, null, { timeout: 60000 });
+    await page.waitForFunction((b) => {
+      const m = window.ddc.mqtt(), n = window.ddc.nodes().find((x) => x.id === b.id);
+      return m.connected && m.reconnects >= 1 && n && n.status === "online" && n.ts > b.ts;
+    }, before, { timeout: 90000 });
+    const r = await page.evaluate(() => ({
+      mqtt: window.ddc.mqtt(), nodes: window.ddc.nodes(), broker: document.querySelector("#broker").textContent,
+      log: document.querySelector("#log").textContent,
+    }));
+    console.log(JSON.stringify({ ok: true, before, ...r }));
   } else if (mode === "c2c") {
     const [mib = "32"] = rest;
     const r = await page.evaluate(async (mib) => {

@@ -52,3 +52,68 @@ pub fn drive(url: &str, nodes: usize, args: &[&str]) -> serde_json::Value {
     );
     v
 }
+
+/// run.mjs running in the background, for modes that print a line, wait for the test to
+/// do something, then print their result.
+pub struct Driven {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Driven {
+    pub fn spawn(url: &str, nodes: usize, args: &[&str]) -> Driven {
+        use std::io::BufRead;
+        check_prerequisites();
+        let mut child = Command::new("node")
+            .current_dir(browser_dir())
+            .arg("run.mjs")
+            .arg(url)
+            .args(args)
+            .env("NODES", nodes.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running node");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Driven {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next JSON line the page run prints; panics with what it printed on timeout,
+    /// on a failure line, or if it exits first.
+    pub fn next(&mut self, timeout: std::time::Duration) -> serde_json::Value {
+        loop {
+            match self.lines.recv_timeout(timeout) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                        assert!(v["ok"] != false, "browser run failed: {v}");
+                        return v;
+                    }
+                }
+                Err(e) => panic!(
+                    "no result from the browser within {timeout:?} ({e}); it printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
