@@ -139,6 +139,9 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online");
             publish_member(client, &topics, &controller, true);
             publish_health(client, &topics, &controller);
+            if let Some(history) = controller.history_payload() {
+                publish_history(client, &topics, history);
+            }
             if let Some(d) = discovery_payload.as_ref() {
                 let _ = client.try_publish(&topics.discovery, QoS::AtLeastOnce, true, d.clone());
             }
@@ -510,15 +513,28 @@ fn bandwidth_watches(
     (erx, irx)
 }
 
-fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) {
-    let health = controller.health_payload();
+/// Publishes the health message (and the membership record if it changed); returns the
+/// health it published.
+fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) -> Value {
+    let (health, bytes) = controller.health_payload();
     if client
-        .try_publish(&topics.health, QoS::AtLeastOnce, true, health)
+        .try_publish(&topics.health, QoS::AtLeastOnce, true, bytes)
         .is_err()
     {
         debug!("MQTT queue full; health dropped (the next one replaces it)");
     }
     publish_member(client, topics, controller, false);
+    health
+}
+
+/// The history message, retained, at most once: a lost one is replaced by the next.
+fn publish_history(client: &AsyncClient, topics: &Topics, history: Vec<u8>) {
+    if client
+        .try_publish(&topics.history, QoS::AtMostOnce, true, history)
+        .is_err()
+    {
+        debug!("MQTT queue full; history dropped (the next one replaces it)");
+    }
 }
 
 /// Publishes the membership record if placement would see a change (or `force`).
@@ -574,7 +590,14 @@ async fn telemetry(
     };
     loop {
         tokio::select! {
-            _ = tick.tick() => publish_health(&client, &topics, &controller),
+            _ = tick.tick() => {
+                // History samples come from the timer only, so they stay evenly spaced
+                // however often the level changes.
+                let health = publish_health(&client, &topics, &controller);
+                if let Some(history) = controller.record_history(&health) {
+                    publish_history(&client, &topics, history);
+                }
+            }
             changed = status.changed() => {
                 if changed.is_err() {
                     return;

@@ -19,6 +19,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod fleet;
 pub mod fsutil;
+pub mod history;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

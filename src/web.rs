@@ -2,7 +2,7 @@
 //! HTTP on `web.listen` (loopback by default). The page itself talks MQTT over WebSockets
 //! for signaling and WebRTC for data, like any other peer (docs/browser.md).
 //!
-//! Static GETs of six files need no framework: a bounded request read, a fixed route
+//! Static GETs of a few files need no framework: a bounded request read, a fixed route
 //! table, one response, close.
 
 use crate::config::{Broker, Config};
@@ -33,6 +33,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "/protocol.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/protocol.js"),
+    ),
+    (
+        "/charts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/charts.js"),
     ),
     (
         "/mqtt.js",

@@ -67,6 +67,11 @@ fn the_page_stores_10_mib_and_fetches_it_back_byte_identical() {
     assert!(proved > 0, "the page proved nothing: {r}");
     assert_eq!(sent - 1 + proved, 10, "10 chunks, each proved or sent: {r}");
     assert!(out.join("page.png").exists(), "no screenshot");
+    // Both stores are listed in this browser, with the file's ID, once.
+    let stored = r["stored"].as_array().expect("the stored-files list");
+    assert_eq!(stored.len(), 1, "{r}");
+    assert_eq!(stored[0]["id"], r["id"]);
+    assert_eq!(stored[0]["size"], 10 << 20);
     let online = r["nodes"]
         .as_array()
         .unwrap()
@@ -288,4 +293,86 @@ fn the_page_reconnects_when_the_agent_and_its_embedded_broker_restart() {
             .starts_with("broker ws://"),
         "{r}"
     );
+}
+
+/// The page draws each node's last hour from the node's retained history message, not
+/// only from the health it sees while open: the node is stopped (SIGSTOP) before the
+/// page (served by a second node) opens, so every point beyond the one retained health
+/// must come from the history.
+#[test]
+fn the_page_charts_a_nodes_last_hour_from_its_retained_history() {
+    use common::mosquitto::Probe;
+    let ws = free_port();
+    let m = Mosquitto::start_with(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+    let web = free_port();
+    let (dir, page_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
+    let id = node_id(dir.path());
+    let topic = format!("ddc/nodes/{id}/history");
+    let mut p = Probe::connect(m.port, &[&topic]);
+    // Published with the 1st, 11th, 21st... sample (telemetry.interval=1s in tests).
+    let h = p.wait(
+        "a history message with 11 samples",
+        Duration::from_secs(60),
+        |msg| msg.json()["t"].as_array().is_some_and(|t| t.len() >= 11),
+    );
+    let h = h.json();
+    let n = h["t"].as_array().unwrap().len();
+    for series in [
+        "cpu_temp_c",
+        "battery_percent",
+        "level",
+        "replication_bps",
+        "egress_bps",
+    ] {
+        assert_eq!(h[series].as_array().map(Vec::len), Some(n), "{series}: {h}");
+    }
+    assert_eq!(h["node_id"], id.as_str());
+    assert_eq!(h["interval_s"], 1);
+    assert!(
+        h["cpu_temp_c"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_f64()),
+        "{h}"
+    );
+    agent.signal(libc::SIGSTOP);
+    let _page_node = start_agent(
+        &m.url(),
+        page_dir.path(),
+        &fixture("pi4-mains"),
+        &[
+            "web.enabled=true",
+            &format!("web.listen=127.0.0.1:{web}"),
+            &format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"),
+        ],
+    );
+    let r = drive(
+        &format!("http://127.0.0.1:{web}/"),
+        0,
+        &["charts", &id, &n.to_string()],
+    );
+    agent.signal(libc::SIGCONT);
+    let charts = r["charts"].as_array().unwrap();
+    let chart = charts.iter().find(|c| c["node"] == id.as_str());
+    let chart = chart.unwrap_or_else(|| panic!("no chart for {id}: {r}"));
+    assert!(
+        chart["points"].as_u64() >= Some(n as u64),
+        "the chart has fewer points than the retained history ({n}): {r}"
+    );
+    // cpu is a line; battery (mains) has no figures and draws none.
+    assert!(chart["lines"].as_u64() >= Some(1), "{r}");
+    let captions: Vec<&str> = chart["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        captions[0].starts_with("cpu: ") && captions[0].ends_with("°C"),
+        "{captions:?}"
+    );
+    assert_eq!(captions[1], "battery: -", "{captions:?}");
+    assert_eq!(captions.last(), Some(&"level: full"), "{captions:?}");
 }

@@ -1,9 +1,10 @@
 // The ddc-edge page: the nodes of the network, storing and fetching files over WebRTC.
 import { Mqtt } from "./mqtt.js";
 import { NodeConn, identity, fetchFile, storeFile, hex, sha256 } from "./protocol.js";
+import { emptySeries, fromHistory, mergeHistory, addHealth, nodeCharts } from "./charts.js";
 
 const $ = (s) => document.querySelector(s);
-const nodes = new Map(); // id -> { status, health }
+const nodes = new Map(); // id -> { status, health, series }
 const inbox = new Map(); // session -> handler
 let mqtt, me, cfg, replyTopic;
 const conns = new Map();
@@ -52,6 +53,62 @@ function render() {
   $("#count").textContent = `${rows.filter(([, n]) => n.status === "online").length} online`;
 }
 
+// Charts are redrawn at most twice a second, however many messages arrive.
+let chartsDue = null;
+const MAX_CHARTS = 50;
+function renderCharts() {
+  chartsDue = null;
+  const rows = [...nodes.entries()]
+    .filter(([, n]) => n.series && n.series.t.length)
+    .sort(([a, x], [b, y]) => (y.status === "online") - (x.status === "online") || a.localeCompare(b))
+    .slice(0, MAX_CHARTS);
+  $("#history").replaceChildren(...rows.map(([id, n]) => {
+    const card = nodeCharts(`${str(n.health?.name) || "?"} · ${id.slice(0, 8)}`, n.series);
+    card.dataset.node = id;
+    card.dataset.points = String(n.series.t.length);
+    return card;
+  }));
+}
+const chartsLater = () => { chartsDue ??= setTimeout(renderCharts, 500); };
+
+// Files stored from this browser, newest first, kept in this browser only.
+const STORED_KEY = "ddc-stored-files";
+const MAX_STORED = 100;
+function storedFiles() {
+  try {
+    const v = JSON.parse(localStorage.getItem(STORED_KEY) || "[]");
+    return Array.isArray(v) ? v.filter((f) => f && typeof f.id === "string").slice(0, MAX_STORED) : [];
+  } catch (_) {
+    return [];
+  }
+}
+function rememberStored(id, name, size) {
+  const list = [{ id, name: String(name).slice(0, 200), size, at: Date.now() }, ...storedFiles().filter((f) => f.id !== id)].slice(0, MAX_STORED);
+  try {
+    localStorage.setItem(STORED_KEY, JSON.stringify(list));
+  } catch (_) { /* storage full or disabled: the list is a convenience */ }
+  renderStored();
+}
+function renderStored() {
+  const list = storedFiles();
+  $("#stored tbody").replaceChildren(...list.map((f) => {
+    const tr = document.createElement("tr");
+    cell(tr, typeof f.name === "string" ? f.name : "?");
+    cell(tr, num(f.size) == null ? "-" : `${f.size} B`);
+    cell(tr, num(f.at) == null ? "-" : new Date(f.at).toLocaleString());
+    const td = document.createElement("td");
+    const code = document.createElement("code");
+    code.textContent = f.id;
+    const b = document.createElement("button");
+    b.textContent = "fetch";
+    b.onclick = () => { $("#fetch-id").value = f.id; $("#fetch").click(); };
+    td.append(code, " ", b);
+    tr.append(td);
+    return tr;
+  }));
+  $("#stored-count").textContent = list.length ? `${list.length}` : "";
+}
+
 function onlineNodes() {
   const ids = [...nodes.entries()].filter(([, n]) => n.status === "online").map(([id]) => id);
   // The node serving this page first, then the one with the most room.
@@ -94,6 +151,7 @@ async function storeBytes(bytes, name = "file") {
   const uploaded = (c.puts || 0) - puts;
   log(`stored ${name} (${bytes.length} bytes) on ${target.slice(0, 8)} as ${id} in ${s.toFixed(2)} s (${uploaded} chunks sent)`);
   $("#stored-id").value = id;
+  rememberStored(id, name, bytes.length);
   return { id, seconds: s, uploaded, proved: (c.proved || 0) - proved };
 }
 
@@ -129,12 +187,24 @@ async function main() {
       } catch (_) { /* not ours */ }
       return;
     }
-    const m = topic.match(/\/nodes\/([^/]+)\/(status|health)$/);
+    const m = topic.match(/\/nodes\/([^/]+)\/(status|health|history)$/);
     if (!m) return;
     if (!nodes.has(m[1]) && nodes.size >= 1000) return; // a flood of made-up nodes
     const n = nodes.get(m[1]) || {};
     if (m[2] === "status") n.status = text;
-    else try { n.health = JSON.parse(text); } catch (_) { return; }
+    else {
+      let v;
+      try { v = JSON.parse(text); } catch (_) { return; }
+      if (m[2] === "health") {
+        n.health = v;
+        if (v && typeof v === "object") addHealth((n.series ??= emptySeries()), v);
+      } else {
+        const fresh = fromHistory(v);
+        if (!fresh) return;
+        n.series = mergeHistory(n.series, fresh);
+      }
+      chartsLater();
+    }
     nodes.set(m[1], n);
     render();
   });
@@ -143,6 +213,8 @@ async function main() {
   mqtt.subscribe(replyTopic);
   mqtt.subscribe(`${cfg.prefix}/nodes/+/status`);
   mqtt.subscribe(`${cfg.prefix}/nodes/+/health`, 0);
+  mqtt.subscribe(`${cfg.prefix}/nodes/+/history`, 0);
+  renderStored();
   mqtt.onState((state, detail) => {
     $("#broker").textContent = state === "connected" ? `broker ${cfg.mqtt_ws_url}` : `broker: ${detail}`;
     $("#broker").className = state;
@@ -188,6 +260,11 @@ window.ddc = {
   sha256hex: async (b) => hex(await sha256(b)),
   nodes: () => [...nodes.entries()].map(([id, n]) => ({ id, status: n.status, level: n.health?.level, ts: n.health?.ts })),
   mqtt: () => ({ connected: mqtt.connected, reconnects: mqtt.reconnects }),
+  charts: () => [...document.querySelectorAll("#history .history")].map((c) => ({
+    node: c.dataset.node, points: Number(c.dataset.points), lines: c.querySelectorAll("polyline").length,
+    captions: [...c.querySelectorAll("figcaption")].map((f) => f.textContent),
+  })),
+  stored: () => storedFiles(),
   me: () => me,
 };
 

@@ -56,6 +56,8 @@ pub struct Controller {
     /// The last few health payloads we published (hashes): anything else that shows up
     /// on our own health topic was put there by someone else.
     recent_health: Mutex<std::collections::VecDeque<[u8; 32]>>,
+    /// The last hour of health, for the page's charts.
+    history: Mutex<crate::history::History>,
     /// What the last membership record said (draining, room, placement, paused by), and
     /// the hash of its bytes.
     last_member: Mutex<(Option<MemberKey>, Option<[u8; 32]>)>,
@@ -139,15 +141,38 @@ impl Controller {
             draining,
             extras: Mutex::new(Vec::new()),
             recent_health: Mutex::new(std::collections::VecDeque::new()),
+            history: Mutex::new(crate::history::History::new()),
             last_member: Mutex::new((None, None)),
             stopping: AtomicBool::new(false),
             cfg,
         }))
     }
 
-    /// The health payload to publish now, remembered so that our own echo is told
-    /// apart from a forged message on our topic.
-    pub fn health_payload(&self) -> Vec<u8> {
+    /// Records `health` (just published) in the history; returns the history message
+    /// when one is due (crate::history::PUBLISH_EVERY).
+    pub fn record_history(&self, health: &Value) -> Option<Vec<u8>> {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.record(unix_now(), health).then(|| self.history_bytes(&h))
+    }
+
+    /// The history message as it stands, unless it is empty (republished on every
+    /// connection: a broker without persistence forgets retained messages).
+    pub fn history_payload(&self) -> Option<Vec<u8>> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        (!h.is_empty()).then(|| self.history_bytes(&h))
+    }
+
+    fn history_bytes(&self, h: &crate::history::History) -> Vec<u8> {
+        let m = h.message(
+            self.identity.node_id(),
+            self.cfg.telemetry.interval.0.as_secs(),
+        );
+        serde_json::to_vec(&m).expect("history serializes")
+    }
+
+    /// The health payload to publish now (and the message it was made from), remembered
+    /// so that our own echo is told apart from a forged message on our topic.
+    pub fn health_payload(&self) -> (Value, Vec<u8>) {
         let mut health = self.health();
         let cert = Some(self.cfg.fleet.cert.as_str()).filter(|c| !c.is_empty());
         crate::fleet::sign_health(&self.identity, cert, &mut health);
@@ -157,7 +182,7 @@ impl Controller {
             recent.pop_front();
         }
         recent.push_back(crate::store::ChunkId::of(&bytes).0);
-        bytes
+        (health, bytes)
     }
 
     /// The membership record (`<prefix>/nodes/<id>/member`): the part of the health that

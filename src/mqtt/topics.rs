@@ -9,6 +9,8 @@ pub struct Topics {
     /// The compact, signed membership record (what placement needs), retained and
     /// published only when it changes.
     pub member: String,
+    /// The last hour of health, for charts (crate::history), retained.
+    pub history: String,
     pub events: String,
     pub cmd: String,
     pub reply: String,
@@ -28,6 +30,7 @@ impl Topics {
             status: format!("{base}/status"),
             health: format!("{base}/health"),
             member: format!("{base}/member"),
+            history: format!("{base}/history"),
             events: format!("{base}/events"),
             cmd: format!("{base}/cmd"),
             reply: format!("{base}/reply"),
@@ -61,7 +64,7 @@ pub fn payload_limit(topic: &str) -> usize {
     match topic.rsplit('/').next().unwrap_or("") {
         // "online" / "offline" (and Home Assistant's birth message).
         "status" => 64,
-        "health" => 16 << 10,
+        "health" | "history" => 16 << 10,
         // A signed membership record, with a fleet certificate at most.
         "member" => 4 << 10,
         // Signed offers and answers carry an SDP with its candidates.
@@ -80,6 +83,7 @@ mod tests {
         assert_eq!(payload_limit("ddc/nodes/x/status"), 64);
         assert_eq!(payload_limit("homeassistant/status"), 64);
         assert_eq!(payload_limit("ddc/nodes/x/health"), 16 << 10);
+        assert_eq!(payload_limit("ddc/nodes/x/history"), 16 << 10);
         assert_eq!(payload_limit("ddc/nodes/x/member"), 4 << 10);
         assert_eq!(payload_limit("ddc/clients/x/signal"), 32 << 10);
         assert_eq!(payload_limit("ddc/nodes/x/cmd"), 16 << 10);
@@ -95,6 +99,7 @@ mod tests {
         assert_eq!(t.status, "ddc/nodes/abc123/status");
         assert_eq!(t.health, "ddc/nodes/abc123/health");
         assert_eq!(t.events, "ddc/nodes/abc123/events");
+        assert_eq!(t.history, "ddc/nodes/abc123/history");
         assert_eq!(t.cmd, "ddc/nodes/abc123/cmd");
         assert_eq!(t.reply, "ddc/nodes/abc123/reply");
         assert_eq!(t.signal, "ddc/nodes/abc123/signal");

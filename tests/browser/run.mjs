@@ -4,6 +4,8 @@
 //   node run.mjs URL roundtrip OUT_DIR [MiB]   store random bytes from the page, fetch them back
 //   node run.mjs URL fetch FILE_ID SHA256       fetch a file stored by someone else
 //   node run.mjs URL c2c [MiB]                  Chromium-to-Chromium data-channel throughput
+//   node run.mjs URL charts NODE MIN            the history charts, once NODE's has MIN
+//                                               points (or after 30 s)
 //   node run.mjs URL reconnect                  print a line once a node is online, then wait
 //                                               for the page to lose the broker, reconnect
 //                                               and see the node online with fresh health
@@ -44,6 +46,7 @@ try {
       // Storing it again: chunks the node proves it holds are not sent again.
       const again = await window.ddc.storeBytes(bytes, "the same bytes again");
       return {
+        stored: window.ddc.stored(),
         id: put.id, sha, same: (await window.ddc.sha256hex(got.bytes)) === sha, size: got.bytes.length,
         again_id: again.id, again_uploaded: again.uploaded, again_proved: again.proved,
         upload_mb_s: bytes.length / put.seconds / 1e6, download_mb_s: bytes.length / got.seconds / 1e6,
@@ -69,6 +72,15 @@ try {
       text: document.querySelector("#nodes tbody").textContent,
     }));
     console.log(JSON.stringify({ ok: r.pwned === null && r.elements === 0, csp, ...r }));
+  } else if (mode === "charts") {
+    // The charts, once NODE's has at least MIN points (or after 30 s).
+    const [node, min] = rest;
+    await page.waitForFunction(([id, m]) => {
+      const c = window.ddc.charts().find((x) => x.node === id);
+      return c && c.points >= m && c.lines >= 1;
+    }, [node, Number(min)], { timeout: 30000 }).catch(() => {});
+    const r = await page.evaluate(() => ({ charts: window.ddc.charts() }));
+    console.log(JSON.stringify({ ok: true, ...r }));
   } else if (mode === "reconnect") {
     // The test restarts the agent (and its embedded broker) after the first line.
     const before = await page.evaluate(() => window.ddc.nodes().find((n) => n.status === "online"));
