@@ -479,6 +479,10 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
     observer.wait("both online", T, |x| {
         x.topic == topic(&id_b, "status") && x.text() == "online"
     });
+    // The history the page charts gets through (published with the first sample).
+    observer.wait("A's history", T, |x| {
+        x.topic == topic(&id_a, "history") && x.json()["t"].is_array()
+    });
 
     // A client stores a file on A through the ACL; replication puts it on B too.
     let file = work.path().join("f.bin");
@@ -568,6 +572,7 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
     as_a.publish(&topic(&id_b, "status"), "offline", true);
     as_a.publish(&topic(&id_b, "health"), "{}", true);
     as_a.publish(&topic(&id_b, "member"), "{}", true);
+    as_a.publish(&topic(&id_b, "history"), "{}", true);
     as_a.publish(&topic(&id_b, "cmd"), r#"{"id":"x","cmd":"drain"}"#, false);
     // Control: the same login may publish under A's own topics, and that arrives (after
     // the three above, which the broker would have delivered first).
@@ -581,6 +586,7 @@ fn the_shipped_acl_lets_the_fleet_work_and_nodes_speak_only_for_themselves() {
         .filter(|x| {
             (x.topic == topic(&id_b, "status") && x.text() == "offline")
                 || (x.topic == topic(&id_b, "health") && x.text() == "{}")
+                || (x.topic == topic(&id_b, "history") && x.text() == "{}")
                 || x.topic == topic(&id_b, "cmd")
         })
         .map(|x| format!("{} {}", x.topic, x.text()))
