@@ -7,11 +7,12 @@
 
 use crate::bandwidth::Limiter;
 use crate::config::{Broker, LoadedConfig};
+use crate::control::Controller;
 use crate::control::command::{Inbox, Outcome};
-use crate::control::{Controller, event};
 use crate::dataplane::node::{NodeServer, ReplicationServing};
 use crate::dataplane::signal::Signal;
 use crate::identity::Identity;
+use crate::mqtt::event::Event;
 use crate::mqtt::{broker, discovery, session, topics::Topics};
 use crate::replication::{self, Replicator, membership::Membership};
 use crate::sensors::monitor::Monitor;
@@ -62,7 +63,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
         "configured"
     );
     let monitor = Monitor::spawn(&cfg).context("starting the sensor thread")?;
-    let (events_tx, events_rx) = mpsc::channel::<Value>(64);
+    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
     let controller = Controller::new(
         Arc::clone(&cfg),
         Arc::clone(&identity),
@@ -571,7 +572,7 @@ async fn telemetry(
     client: AsyncClient,
     topics: Arc<Topics>,
     controller: Arc<Controller>,
-    mut events: mpsc::Receiver<Value>,
+    mut events: mpsc::Receiver<Event>,
     interval: Duration,
 ) {
     let mut status = controller.monitor.status.clone();
@@ -579,8 +580,8 @@ async fn telemetry(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut level = status.borrow().decision.level;
-    let emit = |v: Value| {
-        let bytes = serde_json::to_vec(&v).expect("event serializes");
+    let emit = |e: Event| {
+        let bytes = e.payload(crate::control::unix_now());
         if client
             .try_publish(&topics.events, QoS::AtLeastOnce, false, bytes)
             .is_err()
@@ -608,29 +609,29 @@ async fn telemetry(
                 };
                 for c in changes {
                     match c.unavailable {
-                        Some(why) => emit(event("sensor_unavailable", json!({"sensor": c.sensor.as_str(), "reason": why.to_string()}))),
-                        None => emit(event("sensor_available", json!({"sensor": c.sensor.as_str()}))),
+                        Some(why) => emit(Event::SensorUnavailable { sensor: c.sensor.as_str().into(), reason: why.to_string() }),
+                        None => emit(Event::SensorAvailable { sensor: c.sensor.as_str().into() }),
                     }
                 }
                 if new_level != level {
-                    emit(event("level_changed", json!({"from": level.as_str(), "to": new_level.as_str(), "reasons": reasons})));
+                    emit(Event::LevelChanged { from: level.as_str().into(), to: new_level.as_str().into(), reasons });
                     level = new_level;
                     publish_health(&client, &topics, &controller);
                 }
             }
             ev = store_events.recv() => match ev {
-                Ok(StoreEvent::ChunkCorrupt { id, size }) => emit(event("chunk_corrupt", json!({"id": id, "size": size}))),
+                Ok(StoreEvent::ChunkCorrupt { id, size }) => emit(Event::ChunkCorrupt { id: id.to_string(), size }),
                 Ok(StoreEvent::QuotaNearFull { used_bytes, quota_bytes }) => {
-                    emit(event("quota_near_full", json!({"used_bytes": used_bytes, "quota_bytes": quota_bytes})))
+                    emit(Event::QuotaNearFull { used_bytes, quota_bytes })
                 }
-                Ok(StoreEvent::CounterDrift { counted, actual }) => emit(event("store_counter_drift", json!({"counted": counted, "actual": actual}))),
+                Ok(StoreEvent::CounterDrift { counted, actual }) => emit(Event::StoreCounterDrift { counted, actual }),
                 // The replicator's business, not an event.
                 Ok(StoreEvent::Stored { .. } | StoreEvent::Removed { .. }) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "store events dropped"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
             Some(ev) = events.recv() => {
-                let is_state = ev.get("event").and_then(Value::as_str).is_some_and(|e| e == "replication_paused_by_operator" || e == "draining");
+                let is_state = ev.changes_health();
                 emit(ev);
                 if is_state {
                     publish_health(&client, &topics, &controller);

@@ -13,6 +13,7 @@ use settings::RuntimeSettings;
 
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::mqtt::event::Event;
 use crate::mqtt::health::{self, HealthInputs};
 use crate::sensors::monitor::{self, Monitor};
 use crate::store::Store;
@@ -45,7 +46,7 @@ pub struct Controller {
     /// None where sysinfo cannot read the system (the figures are then reported as 0).
     sys: Mutex<Option<sysinfo::System>>,
     scrub_running: AtomicBool,
-    events: mpsc::Sender<Value>,
+    events: mpsc::Sender<Event>,
     limits: watch::Sender<BandwidthLimits>,
     /// True when replication should run at all (no operator pause).
     pub replication_enabled: watch::Sender<bool>,
@@ -75,22 +76,13 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// An event for `<prefix>/nodes/<id>/events`.
-pub fn event(kind: &str, mut fields: Value) -> Value {
-    if let Value::Object(m) = &mut fields {
-        m.insert("event".into(), kind.into());
-        m.insert("ts".into(), unix_now().into());
-    }
-    fields
-}
-
 impl Controller {
     pub fn new(
         cfg: Arc<Config>,
         identity: Arc<Identity>,
         monitor: Monitor,
         store: Arc<Store>,
-        events: mpsc::Sender<Value>,
+        events: mpsc::Sender<Event>,
     ) -> Result<Arc<Controller>, settings::SettingsError> {
         let data_dir = cfg.storage.data_dir.clone();
         let s = RuntimeSettings::load(&data_dir)?;
@@ -361,10 +353,9 @@ impl Controller {
                 let paused = matches!(verb, Verb::PauseReplication);
                 self.update_settings(|s| s.replication_paused = paused)?;
                 self.replication_enabled.send_replace(!paused);
-                let _ = self.events.try_send(event(
-                    "replication_paused_by_operator",
-                    json!({"paused": paused}),
-                ));
+                let _ = self
+                    .events
+                    .try_send(Event::ReplicationPausedByOperator { paused });
                 json!({"replication": {"paused_by": health::paused_by(paused, self.monitor.status.borrow().decision.level)}})
             }
             Verb::SetLimits(l) => {
@@ -423,11 +414,14 @@ impl Controller {
                     let r = me.store.scrub(rate);
                     me.scrub_running.store(false, Ordering::SeqCst);
                     let ev = match r {
-                        Ok(r) => event(
-                            "scrub_finished",
-                            json!({"checked": r.checked, "bytes": r.bytes, "corrupt": r.corrupt}),
-                        ),
-                        Err(e) => event("scrub_failed", json!({"error": e.to_string()})),
+                        Ok(r) => Event::ScrubFinished {
+                            checked: r.checked,
+                            bytes: r.bytes,
+                            corrupt: r.corrupt.iter().map(ToString::to_string).collect(),
+                        },
+                        Err(e) => Event::ScrubFailed {
+                            error: e.to_string(),
+                        },
                     };
                     let _ = me.events.try_send(ev);
                 });
@@ -441,9 +435,7 @@ impl Controller {
                     .store
                     .stat()
                     .map_err(|e| ErrorReply::new("internal", e.to_string()))?;
-                let _ = self
-                    .events
-                    .try_send(event("draining", json!({"draining": draining})));
+                let _ = self.events.try_send(Event::Draining { draining });
                 json!({"draining": draining, "progress": {"chunks_held": st.chunks, "bytes_held": st.used_bytes}})
             }
         })

@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod broker;
 pub mod discovery;
+pub mod event;
 pub mod health;
 pub mod session;
 pub mod sync;
