@@ -16,10 +16,26 @@ struct Net {
     agents: Vec<(Running, tempfile::TempDir)>,
 }
 
-/// mosquitto with a WebSocket listener, and three agents; the first serves the page.
-fn network() -> Net {
+/// mosquitto with a WebSocket listener (its port second), for pages.
+fn ws_mosquitto() -> (Mosquitto, u16) {
     let ws = free_port();
     let m = Mosquitto::start_with(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+    (m, ws)
+}
+
+/// The `--set`s for an agent that serves the page on `web`, pointing it at the broker's
+/// WebSocket listener `ws`.
+fn serving_page(web: u16, ws: u16) -> Vec<String> {
+    vec![
+        "web.enabled=true".into(),
+        format!("web.listen=127.0.0.1:{web}"),
+        format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"),
+    ]
+}
+
+/// mosquitto with a WebSocket listener, and three agents; the first serves the page.
+fn network() -> Net {
+    let (m, ws) = ws_mosquitto();
     let web = free_port();
     let mut agents = Vec::new();
     for i in 0..3 {
@@ -29,9 +45,7 @@ fn network() -> Net {
             "storage.fsync=false".into(),
         ];
         if i == 0 {
-            extra.push("web.enabled=true".into());
-            extra.push(format!("web.listen=127.0.0.1:{web}"));
-            extra.push(format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"));
+            extra.extend(serving_page(web, ws));
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let a = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &extra);
@@ -178,20 +192,12 @@ fn the_page_fetches_a_file_stored_by_the_cli() {
 #[test]
 fn hostile_health_shows_as_text_and_runs_nothing() {
     use common::mosquitto::Probe;
-    let ws = free_port();
-    let m = Mosquitto::start_with(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+    let (m, ws) = ws_mosquitto();
     let web = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let _agent = start_agent(
-        &m.url(),
-        dir.path(),
-        &fixture("pi4-mains"),
-        &[
-            "web.enabled=true",
-            &format!("web.listen=127.0.0.1:{web}"),
-            &format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"),
-        ],
-    );
+    let sets = serving_page(web, ws);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let _agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &sets);
     let p = Probe::connect(m.port, &[]);
     let evil_id = "<img src=x onerror=window.__pwned=1>";
     p.publish(&format!("ddc/nodes/{evil_id}/status"), "online", true);
@@ -302,8 +308,7 @@ fn the_page_reconnects_when_the_agent_and_its_embedded_broker_restart() {
 #[test]
 fn the_page_charts_a_nodes_last_hour_from_its_retained_history() {
     use common::mosquitto::Probe;
-    let ws = free_port();
-    let m = Mosquitto::start_with(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+    let (m, ws) = ws_mosquitto();
     let web = free_port();
     let (dir, page_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
@@ -338,16 +343,9 @@ fn the_page_charts_a_nodes_last_hour_from_its_retained_history() {
         "{h}"
     );
     agent.signal(libc::SIGSTOP);
-    let _page_node = start_agent(
-        &m.url(),
-        page_dir.path(),
-        &fixture("pi4-mains"),
-        &[
-            "web.enabled=true",
-            &format!("web.listen=127.0.0.1:{web}"),
-            &format!("web.mqtt_ws_url=ws://127.0.0.1:{ws}/mqtt"),
-        ],
-    );
+    let sets = serving_page(web, ws);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let _page_node = start_agent(&m.url(), page_dir.path(), &fixture("pi4-mains"), &sets);
     let r = drive(
         &format!("http://127.0.0.1:{web}/"),
         0,
