@@ -19,7 +19,7 @@ use crate::sensors::monitor::Monitor;
 use crate::store::{AsyncStore, Store, StoreConfig, StoreEvent};
 use anyhow::Context;
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -211,7 +211,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             Arc::clone(&factors),
         )?;
         let health = Arc::clone(&r);
-        controller.add_health_section("replication", move || health.health());
+        controller.set_replication_figures(move || health.health());
         tokio::spawn(Arc::clone(&r).run());
         Some(r)
     } else {
@@ -220,15 +220,15 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
     };
     {
         let counters = Arc::clone(&server.counters);
-        controller.add_health_section("dataplane", move || {
+        controller.set_dataplane_figures(move || {
             use std::sync::atomic::Ordering::Relaxed;
-            json!({
-                "peers": counters.peers.load(Relaxed),
-                "egress_bytes": counters.egress_bytes.load(Relaxed),
-                "ingress_bytes": counters.ingress_bytes.load(Relaxed),
-                "requests": counters.requests.load(Relaxed),
-                "refused_peers": counters.refused_peers.load(Relaxed),
-            })
+            crate::mqtt::health::Dataplane {
+                peers: counters.peers.load(Relaxed) as u64,
+                egress_bytes: counters.egress_bytes.load(Relaxed),
+                ingress_bytes: counters.ingress_bytes.load(Relaxed),
+                requests: counters.requests.load(Relaxed),
+                refused_peers: counters.refused_peers.load(Relaxed),
+            }
         });
     }
     tokio::spawn(Arc::clone(&server).run(offers_rx));
@@ -387,7 +387,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                     connected: *connected.borrow(),
                     reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
                 };
-                (controller.health(), state)
+                (controller.health().to_value(), state)
             }),
         )
         .await?;

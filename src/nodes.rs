@@ -10,6 +10,7 @@
 
 use crate::config::Config;
 use crate::fleet::Rejected;
+use crate::mqtt::health::Health;
 use crate::mqtt::session::Session;
 use crate::mqtt::sync::{SyncMarker, client_session};
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ struct Node {
     /// The retained status: `online`, or the last will's `offline`.
     online: Option<bool>,
     /// The last health message that passed the checks.
-    health: Option<Value>,
+    health: Option<Health>,
     /// Why the last health message on its topic was refused, if it was.
     refused: Option<String>,
     /// The node is signed but not enrolled in this fleet (`fleet.ca`).
@@ -99,16 +100,26 @@ impl Fleet {
                         .is_some_and(|n| n.health.take().is_some());
                 }
                 let node = self.nodes.entry(id.to_string()).or_default();
+                // Signed by the node itself, but its figures must still read as health.
+                let typed = |h: Value| {
+                    serde_json::from_value::<Health>(h)
+                        .map_err(|e| format!("unreadable health ignored: {e}"))
+                };
                 match crate::fleet::verify_health(id, payload, self.ca.as_ref(), now) {
-                    Ok(h) => {
-                        node.health = Some(h);
-                        node.refused = None;
-                        node.not_enrolled = false;
-                    }
+                    Ok(h) => match typed(h) {
+                        Ok(h) => {
+                            node.health = Some(h);
+                            node.refused = None;
+                            node.not_enrolled = false;
+                        }
+                        Err(why) => node.refused = Some(why),
+                    },
                     Err(Rejected::NotEnrolled(why)) => {
                         // Signed by the node itself: its figures are its own, but it is
                         // not a member of this fleet.
-                        node.health = crate::fleet::verify_health(id, payload, None, now).ok();
+                        node.health = crate::fleet::verify_health(id, payload, None, now)
+                            .ok()
+                            .and_then(|h| typed(h).ok());
                         node.not_enrolled = true;
                         node.refused = Some(format!("not enrolled: {why}"));
                     }
@@ -128,37 +139,28 @@ impl Fleet {
             .iter()
             .map(|(id, n)| {
                 let h = n.health.as_ref();
-                let get = |path: &[&str]| -> Option<&Value> {
-                    path.iter()
-                        .try_fold(h?, |v, k| v.get(k))
-                        .filter(|v| !v.is_null())
-                };
-                let u64_at = |path: &[&str]| get(path).and_then(Value::as_u64);
-                let f64_at = |path: &[&str]| get(path).and_then(Value::as_f64);
-                let str_at = |path: &[&str]| get(path).and_then(Value::as_str).map(String::from);
+                let text = |f: fn(&Health) -> &String| h.map(f).filter(|s| !s.is_empty()).cloned();
+                let stats = h.and_then(|h| h.replication.stats.as_ref());
                 Row {
                     node_id: id.clone(),
-                    name: str_at(&["name"]),
+                    name: text(|h| &h.name),
                     online: n.online,
-                    level: str_at(&["level"]),
-                    reasons: get(&["reasons"])
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|r| r.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    cpu_temp_c: f64_at(&["cpu_temp_c"]),
-                    battery_percent: f64_at(&["battery_percent"]),
-                    on_battery: get(&["on_battery"]).and_then(Value::as_bool),
-                    disk_used_bytes: u64_at(&["disk", "used_bytes"]),
-                    disk_offered_bytes: u64_at(&["disk", "offered_bytes"]),
-                    replication_queued: u64_at(&["replication", "queued"]),
-                    replication_budget_bps: u64_at(&["replication", "budget_bps"]),
-                    version: str_at(&["version"]),
-                    last_seen_s: u64_at(&["ts"]).map(|ts| now.saturating_sub(ts)),
-                    draining: get(&["draining"]).and_then(Value::as_bool).unwrap_or(false),
+                    level: text(|h| &h.level),
+                    reasons: h.map(|h| h.reasons.clone()).unwrap_or_default(),
+                    cpu_temp_c: h.and_then(|h| h.cpu_temp_c),
+                    battery_percent: h.and_then(|h| h.battery_percent),
+                    on_battery: h.and_then(|h| h.on_battery),
+                    disk_used_bytes: h.and_then(|h| h.disk.used_bytes),
+                    disk_offered_bytes: h.and_then(|h| h.disk.offered_bytes),
+                    replication_queued: stats.map(|s| s.queued),
+                    replication_budget_bps: stats.map(|s| s.budget_bps),
+                    version: text(|h| &h.version),
+                    // A message without a time (0) has no age.
+                    last_seen_s: h
+                        .map(|h| h.ts)
+                        .filter(|&ts| ts > 0)
+                        .map(|ts| now.saturating_sub(ts)),
+                    draining: h.is_some_and(|h| h.draining),
                     refused: n.refused.clone(),
                     not_enrolled: n.not_enrolled,
                 }
@@ -506,6 +508,27 @@ mod tests {
         // Garbage status is not a status.
         assert!(!f.on_message(a.node_id(), "status", b"\xff\x00", 10));
         assert!(!f.on_message(a.node_id(), "whatever", b"online", 10));
+    }
+
+    /// Signed by the node, but not health as the type says (a figure of the wrong type):
+    /// refused with the reason, and the node's last good figures stay.
+    #[test]
+    fn a_signed_health_of_the_wrong_shape_is_refused_with_the_reason() {
+        let (_d, a) = node();
+        let mut f = Fleet::new(None);
+        let good = json!({"name": "real", "level": "full", "ts": 5, "cpu_temp_c": 40.0});
+        f.on_message(a.node_id(), "health", &signed(&a, good), 10);
+        let odd = json!({"name": "odd", "level": "full", "ts": 6, "cpu_temp_c": "hot"});
+        f.on_message(a.node_id(), "health", &signed(&a, odd), 10);
+        let r = &f.rows(10)[0];
+        assert_eq!(r.name.as_deref(), Some("real"));
+        assert_eq!(r.cpu_temp_c, Some(40.0));
+        let why = r.refused.as_deref().unwrap();
+        assert!(why.starts_with("unreadable health ignored"), "{why}");
+        assert!(
+            why.contains("cpu_temp_c") || why.contains("invalid type"),
+            "{why}"
+        );
     }
 
     #[test]

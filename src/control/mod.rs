@@ -53,7 +53,9 @@ pub struct Controller {
     /// True while the node accepts no new data.
     pub draining: watch::Sender<bool>,
     /// Health sections contributed by other subsystems (data plane, replication).
-    extras: Mutex<Vec<HealthSection>>,
+    /// The replicator's and the data plane's figures for health, once they exist.
+    replication_figures: Figures<health::ReplicationStats>,
+    dataplane_figures: Figures<health::Dataplane>,
     /// The last few health payloads we published (hashes): anything else that shows up
     /// on our own health topic was put there by someone else.
     recent_health: Mutex<std::collections::VecDeque<[u8; 32]>>,
@@ -67,7 +69,8 @@ pub struct Controller {
 }
 
 /// A named section of the health message, computed when health is published.
-pub type HealthSection = (&'static str, Box<dyn Fn() -> Value + Send + Sync>);
+/// A subsystem's figures for the health message, read at each one.
+type Figures<T> = Mutex<Option<Box<dyn Fn() -> T + Send + Sync>>>;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -131,7 +134,8 @@ impl Controller {
             limits,
             replication_enabled,
             draining,
-            extras: Mutex::new(Vec::new()),
+            replication_figures: Mutex::new(None),
+            dataplane_figures: Mutex::new(None),
             recent_health: Mutex::new(std::collections::VecDeque::new()),
             history: Mutex::new(crate::history::History::new()),
             last_member: Mutex::new((None, None)),
@@ -165,7 +169,7 @@ impl Controller {
     /// The health payload to publish now (and the message it was made from), remembered
     /// so that our own echo is told apart from a forged message on our topic.
     pub fn health_payload(&self) -> (Value, Vec<u8>) {
-        let mut health = self.health();
+        let mut health = self.health().to_value();
         let cert = Some(self.cfg.fleet.cert.as_str()).filter(|c| !c.is_empty());
         crate::fleet::sign_health(&self.identity, cert, &mut health);
         let bytes = serde_json::to_vec(&health).expect("health serializes");
@@ -184,20 +188,20 @@ impl Controller {
     /// publishes these only when a node fills up, drains, pauses or upgrades.
     pub fn member_payload(&self, force: bool) -> Option<Vec<u8>> {
         let h = self.health();
-        let free = h["disk"]["free_bytes"].as_u64();
+        let free = h.disk.free_bytes;
         let room = free.is_none_or(|f| f >= self.cfg.storage.chunk_size.0);
         let key = (
-            h["draining"].as_bool().unwrap_or(false),
+            h.draining,
             room,
-            h["replication"]["placement"].as_u64(),
-            h["replication"]["paused_by"].as_str().map(String::from),
+            Some(h.replication.placement),
+            h.replication.paused_by.clone(),
         );
         let mut last = self.last_member.lock().unwrap_or_else(|p| p.into_inner());
         if !force && last.0.as_ref() == Some(&key) {
             return None;
         }
         let mut record = serde_json::json!({
-            "node_id": h["node_id"], "ts": h["ts"], "draining": key.0,
+            "node_id": h.node_id, "ts": h.ts, "draining": key.0,
             "disk": {"free_bytes": free},
             "replication": {"placement": key.2, "paused_by": key.3},
         });
@@ -251,20 +255,27 @@ impl Controller {
         self.settings().draining
     }
 
-    /// Adds a section to every health message from now on.
-    pub fn add_health_section(
+    /// Where health reads the replicator's figures from.
+    pub fn set_replication_figures(
         &self,
-        name: &'static str,
-        f: impl Fn() -> Value + Send + Sync + 'static,
+        f: impl Fn() -> health::ReplicationStats + Send + Sync + 'static,
     ) {
-        self.extras
+        *self
+            .replication_figures
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((name, Box::new(f)));
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    /// Where health reads the data plane's figures from.
+    pub fn set_dataplane_figures(&self, f: impl Fn() -> health::Dataplane + Send + Sync + 'static) {
+        *self
+            .dataplane_figures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
     }
 
     /// The health message (also the `status` reply). Gathers CPU, memory and disk figures.
-    pub fn health(&self) -> Value {
+    pub fn health(&self) -> health::Health {
         let status = self.monitor.status.borrow().clone();
         let (cpu_load, mem_used, mem_total, rss) = {
             let mut guard = self.sys.lock().unwrap_or_else(|p| p.into_inner());
@@ -311,13 +322,18 @@ impl Controller {
             ingress_limit_bps: limits.ingress_bps,
             operator_paused: s.replication_paused,
             draining: s.draining,
-            extra: self
-                .extras
+            replication: self
+                .replication_figures
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|(k, f)| (*k, f()))
-                .collect(),
+                .as_ref()
+                .map(|f| f()),
+            dataplane: self
+                .dataplane_figures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|f| f()),
         })
     }
 
@@ -348,7 +364,7 @@ impl Controller {
             Verb::Ping => {
                 json!({"pong": true, "node_id": self.identity.node_id(), "ts": unix_now()})
             }
-            Verb::Status => self.health(),
+            Verb::Status => self.health().to_value(),
             Verb::PauseReplication | Verb::ResumeReplication => {
                 let paused = matches!(verb, Verb::PauseReplication);
                 self.update_settings(|s| s.replication_paused = paused)?;

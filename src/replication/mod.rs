@@ -31,7 +31,6 @@ use crate::store::{ChunkId, Store, StoreEvent};
 use membership::Membership;
 use placement::Placement;
 use planner::{Action, Planner};
-use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,7 +214,7 @@ impl Replicator {
         self.changed.notify_one();
     }
 
-    pub fn health(&self) -> Value {
+    pub fn health(&self) -> crate::mqtt::health::ReplicationStats {
         let s = &self.stats;
         let (queued, held, passes, planner_bytes) = {
             let p = lock(&self.planner);
@@ -227,27 +226,27 @@ impl Replicator {
             )
         };
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "target_factor": self.target_factor,
-            "files_with_more_copies": self.factors.len(),
-            "queued": queued,
-            "held": held,
-            "pulled_chunks": n(&s.pulled_chunks),
-            "pulled_bytes": n(&s.pulled_bytes),
-            "served_bytes": n(&s.served_bytes),
-            "repaired": n(&s.repaired),
-            "handed_off": n(&s.handed_off),
-            "failed_proofs": n(&s.failed_proofs),
-            "budget_bps": self.budget.current_rate(),
-            "anti_entropy_passes": passes,
-            "messages_sent": n(&s.messages_sent),
-            "messages_received": n(&s.messages_received),
-            "messages_dropped": n(&s.messages_dropped) + self.signal.replication_overflow(),
-            "notices_sent": n(&s.notices_sent),
-            "listings_sent": n(&s.listings_sent),
-            "listings_received": n(&s.listings_received),
-            "planner_bytes": planner_bytes,
-        })
+        crate::mqtt::health::ReplicationStats {
+            target_factor: self.target_factor as u64,
+            files_with_more_copies: self.factors.len() as u64,
+            queued: queued as u64,
+            held: held as u64,
+            pulled_chunks: n(&s.pulled_chunks),
+            pulled_bytes: n(&s.pulled_bytes),
+            served_bytes: n(&s.served_bytes),
+            repaired: n(&s.repaired),
+            handed_off: n(&s.handed_off),
+            failed_proofs: n(&s.failed_proofs),
+            budget_bps: self.budget.current_rate(),
+            anti_entropy_passes: passes,
+            messages_sent: n(&s.messages_sent),
+            messages_received: n(&s.messages_received),
+            messages_dropped: n(&s.messages_dropped) + self.signal.replication_overflow(),
+            notices_sent: n(&s.notices_sent),
+            listings_sent: n(&s.listings_sent),
+            listings_received: n(&s.listings_received),
+            planner_bytes: planner_bytes as u64,
+        }
     }
 
     /// Runs the planner: feeds it the store's events, the membership and the peers'
