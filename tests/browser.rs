@@ -206,11 +206,30 @@ fn hostile_health_shows_as_text_and_runs_nothing() {
         r#"{"name":"<img src=x onerror=window.__pwned=2>evil","level":"<b>x</b>","cpu_temp_c":"hot","disk":{"free_bytes":"lots"}}"#,
         true,
     );
+    // A history of the wrong shape: markup for a level, text for figures, a time that
+    // is not a number, and far more points than a node keeps.
+    let many: Vec<u64> = (0..5000).collect();
+    p.publish(
+        &format!("ddc/nodes/{evil_id}/history"),
+        serde_json::json!({
+            "t": ["<b>x</b>", 2, 3, 4],
+            "cpu_temp_c": ["<img src=x onerror=window.__pwned=3>", 1e308, null, 5],
+            "level": ["<b>paused</b>", "full", "full", "reduced"],
+            "egress_bps": many,
+        })
+        .to_string(),
+        true,
+    );
     let r = drive(
         &format!("http://127.0.0.1:{web}/"),
         1,
         &["hostile", "<img src=x onerror=window.__pwned=2>evil"],
     );
+    // Its chart holds only the points with a numeric time, as text and shapes.
+    let charts = r["charts"].as_array().unwrap();
+    let evil = charts.iter().find(|c| c["node"] == evil_id);
+    let evil = evil.unwrap_or_else(|| panic!("no chart for the forged node: {r}"));
+    assert!(evil["points"].as_u64() <= Some(4), "{r}");
     assert_eq!(r["pwned"], serde_json::Value::Null, "{r}");
     assert_eq!(r["elements"], 0, "{r}");
     let csp = r["csp"].as_str().unwrap_or_default();

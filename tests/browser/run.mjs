@@ -68,7 +68,8 @@ try {
     await page.evaluate(() => new Promise((r) => setTimeout(r, 1000))); // give an injected handler time to fire
     const r = await page.evaluate(() => ({
       pwned: window.__pwned ?? null,
-      elements: document.querySelectorAll("#nodes tbody img, #nodes tbody b, #nodes tbody script").length,
+      elements: document.querySelectorAll("#nodes tbody img, #nodes tbody b, #nodes tbody script, #history img, #history b, #history script").length,
+      charts: window.ddc.charts(),
       text: document.querySelector("#nodes tbody").textContent,
     }));
     console.log(JSON.stringify({ ok: r.pwned === null && r.elements === 0, csp, ...r }));
