@@ -52,7 +52,6 @@ pub struct Controller {
     pub replication_enabled: watch::Sender<bool>,
     /// True while the node accepts no new data.
     pub draining: watch::Sender<bool>,
-    /// Health sections contributed by other subsystems (data plane, replication).
     /// The replicator's and the data plane's figures for health, once they exist.
     replication_figures: Figures<health::ReplicationStats>,
     dataplane_figures: Figures<health::Dataplane>,
@@ -68,9 +67,16 @@ pub struct Controller {
     pub stopping: AtomicBool,
 }
 
-/// A named section of the health message, computed when health is published.
 /// A subsystem's figures for the health message, read at each one.
 type Figures<T> = Mutex<Option<Box<dyn Fn() -> T + Send + Sync>>>;
+
+/// The figures now, if the subsystem has said where they come from.
+fn read_figures<T>(f: &Figures<T>) -> Option<T> {
+    f.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|f| f())
+}
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -322,18 +328,8 @@ impl Controller {
             ingress_limit_bps: limits.ingress_bps,
             operator_paused: s.replication_paused,
             draining: s.draining,
-            replication: self
-                .replication_figures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|f| f()),
-            dataplane: self
-                .dataplane_figures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|f| f()),
+            replication: read_figures(&self.replication_figures),
+            dataplane: read_figures(&self.dataplane_figures),
         })
     }
 
