@@ -17,9 +17,12 @@
 //!    executed (at most 4096 are kept; the ones closest to expiry go first). Ids are
 //!    remembered only after the signature checks, so forged commands cannot burn them;
 //! 7. unknown verbs, verbs not in `control.allowed_verbs` and bad arguments get an
-//!    error reply.
+//!    error reply. `cmd` and `args` are read by serde as one adjacently tagged enum
+//!    (`Wire`), so the argument types live in one place and an error names the
+//!    argument (`args.ttl_s: ...`); ranges are checked after.
 
 use crate::throttle::Level;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -39,7 +42,8 @@ pub const VERBS: &[&str] = &[
 ];
 
 /// Runtime limits; each `None` leaves that limit unchanged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub egress_bps: Option<u64>,
     pub ingress_bps: Option<u64>,
@@ -293,100 +297,111 @@ impl Inbox {
     }
 }
 
+/// A command's verb and arguments as they travel: `cmd` names the variant, `args` holds
+/// its fields. serde does the reading (types, unknown and missing arguments, with the
+/// argument's path in the message); [`Wire::check`] adds the ranges serde cannot express.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", content = "args", rename_all = "snake_case")]
+enum Wire {
+    Ping(NoArgs),
+    Status(NoArgs),
+    PauseReplication(NoArgs),
+    ResumeReplication(NoArgs),
+    SetLimits(Limits),
+    ForceLevel(ForceLevelArgs),
+    ClearLevel(NoArgs),
+    Scrub(NoArgs),
+    Drain(NoArgs),
+    Undrain(NoArgs),
+}
+
+/// The arguments of a verb that takes none: `{}`, or `args` left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceLevelArgs {
+    level: Level,
+    /// Optional to serde so that a missing one gets the message that says what it is for.
+    #[serde(default)]
+    ttl_s: Option<u64>,
+    #[serde(default)]
+    over_sensors: Option<bool>,
+}
+
+impl Wire {
+    fn check(self) -> Result<Verb, String> {
+        Ok(match self {
+            Wire::Ping(_) => Verb::Ping,
+            Wire::Status(_) => Verb::Status,
+            Wire::PauseReplication(_) => Verb::PauseReplication,
+            Wire::ResumeReplication(_) => Verb::ResumeReplication,
+            Wire::ClearLevel(_) => Verb::ClearLevel,
+            Wire::Scrub(_) => Verb::Scrub,
+            Wire::Drain(_) => Verb::Drain,
+            Wire::Undrain(_) => Verb::Undrain,
+            Wire::SetLimits(l) => {
+                if l == Limits::default() {
+                    return Err(
+                        "set_limits needs at least one of egress_bps, ingress_bps, quota_bytes"
+                            .into(),
+                    );
+                }
+                if l.quota_bytes == Some(0) {
+                    return Err("args.quota_bytes: must be above zero".into());
+                }
+                Verb::SetLimits(l)
+            }
+            Wire::ForceLevel(a) => {
+                let ttl = match a.ttl_s {
+                    Some(0) | None => {
+                        return Err("args.ttl_s: required, a number of seconds above zero".into());
+                    }
+                    Some(s) if Duration::from_secs(s) > MAX_TTL => {
+                        return Err(format!(
+                            "args.ttl_s: at most {} (7 days), got {s}",
+                            MAX_TTL.as_secs()
+                        ));
+                    }
+                    Some(s) => Duration::from_secs(s),
+                };
+                Verb::ForceLevel {
+                    level: a.level,
+                    ttl,
+                    over_sensors: a.over_sensors.unwrap_or(false),
+                }
+            }
+        })
+    }
+}
+
+/// Reads `verb` (already known to be one of [`VERBS`]) with its `args` object.
 fn parse_verb(verb: &str, args: &Map<String, Value>) -> Result<Verb, String> {
-    let allow = |keys: &[&str]| -> Result<(), String> {
-        match args.keys().find(|k| !keys.contains(&k.as_str())) {
-            Some(k) if keys.is_empty() => Err(format!("args.{k}: {verb} takes no arguments")),
-            Some(k) => Err(format!(
-                "args.{k}: unknown argument; {verb} takes {}",
-                keys.join(", ")
-            )),
-            None => Ok(()),
+    // As text with `cmd` first: serde then reads `args` knowing the variant, and the error
+    // path reaches into it (from a `Value`, whose keys are sorted, `args` would come first
+    // and be buffered without a path). At most `control.max_payload` bytes.
+    let wire = format!(
+        r#"{{"cmd":{},"args":{}}}"#,
+        json!(verb),
+        Value::Object(args.clone())
+    );
+    let mut de = serde_json::Deserializer::from_str(&wire);
+    let parsed: Wire = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // The position is in the text built above, not in the sender's payload.
+        let inner = inner.split(" at line ").next().unwrap_or_default();
+        if inner.ends_with("there are no fields") {
+            format!("{path}: {verb} takes no arguments")
+        } else if path == "." {
+            format!("args: {inner}")
+        } else {
+            format!("{path}: {inner}")
         }
-    };
-    let uint = |key: &str| -> Result<Option<u64>, String> {
-        match args.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
-            Some(other) => Err(format!(
-                "args.{key}: expected a non-negative integer, got {other}"
-            )),
-        }
-    };
-    Ok(match verb {
-        "ping" | "status" | "pause_replication" | "resume_replication" | "clear_level"
-        | "scrub" | "drain" | "undrain" => {
-            allow(&[])?;
-            match verb {
-                "ping" => Verb::Ping,
-                "status" => Verb::Status,
-                "pause_replication" => Verb::PauseReplication,
-                "resume_replication" => Verb::ResumeReplication,
-                "clear_level" => Verb::ClearLevel,
-                "scrub" => Verb::Scrub,
-                "drain" => Verb::Drain,
-                _ => Verb::Undrain,
-            }
-        }
-        "set_limits" => {
-            allow(&["egress_bps", "ingress_bps", "quota_bytes"])?;
-            let l = Limits {
-                egress_bps: uint("egress_bps")?,
-                ingress_bps: uint("ingress_bps")?,
-                quota_bytes: uint("quota_bytes")?,
-            };
-            if l == Limits::default() {
-                return Err(
-                    "set_limits needs at least one of egress_bps, ingress_bps, quota_bytes".into(),
-                );
-            }
-            if l.quota_bytes == Some(0) {
-                return Err("args.quota_bytes: must be above zero".into());
-            }
-            Verb::SetLimits(l)
-        }
-        "force_level" => {
-            allow(&["level", "ttl_s", "over_sensors"])?;
-            let level = match args.get("level") {
-                Some(Value::String(s)) => {
-                    s.parse::<Level>().map_err(|e| format!("args.level: {e}"))?
-                }
-                Some(other) => {
-                    return Err(format!(
-                        "args.level: expected \"full\", \"reduced\" or \"paused\", got {other}"
-                    ));
-                }
-                None => return Err("args.level: required".into()),
-            };
-            let ttl = match uint("ttl_s")? {
-                Some(0) | None => {
-                    return Err("args.ttl_s: required, a number of seconds above zero".into());
-                }
-                Some(s) if Duration::from_secs(s) > MAX_TTL => {
-                    return Err(format!(
-                        "args.ttl_s: at most {} (7 days), got {s}",
-                        MAX_TTL.as_secs()
-                    ));
-                }
-                Some(s) => Duration::from_secs(s),
-            };
-            let over_sensors = match args.get("over_sensors") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(other) => {
-                    return Err(format!(
-                        "args.over_sensors: expected true or false, got {other}"
-                    ));
-                }
-            };
-            Verb::ForceLevel {
-                level,
-                ttl,
-                over_sensors,
-            }
-        }
-        _ => unreachable!("checked against VERBS"),
-    })
+    })?;
+    parsed.check()
 }
 
 #[cfg(test)]
@@ -435,7 +450,18 @@ mod tests {
                     over_sensors: false,
                 },
             ),
-            (r#"{"id":"7","cmd":"clear_level"}"#, Verb::ClearLevel),
+            (
+                r#"{"id":"7","cmd":"clear_level","args":null}"#,
+                Verb::ClearLevel,
+            ),
+            (
+                r#"{"id":"11","cmd":"force_level","args":{"level":"reduced","ttl_s":9,"over_sensors":true}}"#,
+                Verb::ForceLevel {
+                    level: Level::Reduced,
+                    ttl: Duration::from_secs(9),
+                    over_sensors: true,
+                },
+            ),
             (r#"{"id":"8","cmd":"scrub"}"#, Verb::Scrub),
             (r#"{"id":"9","cmd":"drain"}"#, Verb::Drain),
             (r#"{"id":"10","cmd":"undrain"}"#, Verb::Undrain),
@@ -524,11 +550,11 @@ mod tests {
         let cases = [
             (
                 r#"{"id":"1","cmd":"set_limits","args":{"egress_bps":"fast"}}"#,
-                "args.egress_bps: expected a non-negative integer",
+                "args.egress_bps: invalid type: string \"fast\", expected u64",
             ),
             (
                 r#"{"id":"2","cmd":"set_limits","args":{"egress_bps":-5}}"#,
-                "args.egress_bps: expected a non-negative integer",
+                "args.egress_bps: invalid value: integer `-5`, expected u64",
             ),
             (
                 r#"{"id":"3","cmd":"set_limits","args":{"quota_bytes":0}}"#,
@@ -540,11 +566,11 @@ mod tests {
             ),
             (
                 r#"{"id":"5","cmd":"set_limits","args":{"egres_bps":1}}"#,
-                "args.egres_bps: unknown argument",
+                "args.egres_bps: unknown field `egres_bps`, expected one of `egress_bps`, `ingress_bps`, `quota_bytes`",
             ),
             (
                 r#"{"id":"6","cmd":"force_level","args":{"level":"hot","ttl_s":5}}"#,
-                "args.level: expected",
+                "args.level: unknown variant `hot`, expected one of `full`, `reduced`, `paused`",
             ),
             (
                 r#"{"id":"7","cmd":"force_level","args":{"level":"full"}}"#,
@@ -552,7 +578,7 @@ mod tests {
             ),
             (
                 r#"{"id":"8","cmd":"force_level","args":{"level":"full","ttl_s":5,"over_sensors":"yes"}}"#,
-                "args.over_sensors",
+                "args.over_sensors: invalid type: string \"yes\", expected a boolean",
             ),
             (
                 r#"{"id":"9","cmd":"ping","args":{"x":1}}"#,
@@ -561,6 +587,15 @@ mod tests {
             (
                 r#"{"id":"10","cmd":"ping","args":[1]}"#,
                 "args: expected an object",
+            ),
+            (
+                r#"{"id":"11","cmd":"force_level","args":{"ttl_s":5}}"#,
+                "args: missing field `level`",
+            ),
+            (r#"{"id":"12","cmd":"set_limits"}"#, "needs at least one of"),
+            (
+                r#"{"id":"13","cmd":"force_level","args":{"level":"full","ttl_s":604801}}"#,
+                "args.ttl_s: at most 604800 (7 days), got 604801",
             ),
         ];
         for (payload, want) in cases {
