@@ -13,6 +13,7 @@ use crate::dataplane::node::{NodeServer, ReplicationServing};
 use crate::dataplane::signal::Signal;
 use crate::identity::Identity;
 use crate::mqtt::event::Event;
+use crate::mqtt::health::Health;
 use crate::mqtt::{broker, discovery, session, topics::Topics};
 use crate::replication::{self, Replicator, membership::Membership};
 use crate::sensors::monitor::Monitor;
@@ -138,7 +139,8 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
             }
             let _ = client.try_subscribe_many(filters);
             let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online");
-            publish_member(client, &topics, &controller, true);
+            // A membership record goes out with the first health, changed or not.
+            controller.forget_member();
             publish_health(client, &topics, &controller);
             if let Some(history) = controller.history_payload() {
                 publish_history(client, &topics, history);
@@ -299,7 +301,7 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                     && !controller.published_member(&p.payload)
                 {
                     warn!("someone else published on our member topic; publishing ours again");
-                    publish_member(&client, &topics, &controller, true);
+                    publish_member(&client, &topics, &controller, &controller.health(), true);
                 } else if let Some(id) = topics.node_of(&p.topic, "status") {
                     let changed = {
                         let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
@@ -516,7 +518,7 @@ fn bandwidth_watches(
 
 /// Publishes the health message (and the membership record if it changed); returns the
 /// health it published.
-fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) -> Value {
+fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller) -> Health {
     let (health, bytes) = controller.health_payload();
     if client
         .try_publish(&topics.health, QoS::AtLeastOnce, true, bytes)
@@ -524,7 +526,7 @@ fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller
     {
         debug!("MQTT queue full; health dropped (the next one replaces it)");
     }
-    publish_member(client, topics, controller, false);
+    publish_member(client, topics, controller, &health, false);
     health
 }
 
@@ -539,8 +541,14 @@ fn publish_history(client: &AsyncClient, topics: &Topics, history: Vec<u8>) {
 }
 
 /// Publishes the membership record if placement would see a change (or `force`).
-fn publish_member(client: &AsyncClient, topics: &Topics, controller: &Controller, force: bool) {
-    let Some(record) = controller.member_payload(force) else {
+fn publish_member(
+    client: &AsyncClient,
+    topics: &Topics,
+    controller: &Controller,
+    health: &Health,
+    force: bool,
+) {
+    let Some(record) = controller.member_payload(health, force) else {
         return;
     };
     if client

@@ -2,10 +2,11 @@
 //! from the health messages the node publishes, served as one retained, compact message
 //! (`<prefix>/nodes/<id>/history`, docs/mqtt.md).
 //!
-//! Pure: it is told the time and the health message, keeps no clock and does no I/O. The
+//! Pure: it is told the time and the health message (typed, as built), keeps no clock and does no I/O. The
 //! ring is a `heapless::HistoryBuf`, so its memory is fixed (about 4 KiB) whatever the
 //! uptime, and a sample costs no allocation on a board that publishes health for years.
 
+use crate::mqtt::health::Health;
 use heapless::HistoryBuf;
 use serde_json::{Value, json};
 
@@ -38,11 +39,11 @@ enum Level {
 }
 
 impl Level {
-    fn of(s: Option<&str>) -> Level {
+    fn of(s: &str) -> Level {
         match s {
-            Some("full") => Level::Full,
-            Some("reduced") => Level::Reduced,
-            Some("paused") => Level::Paused,
+            "full" => Level::Full,
+            "reduced" => Level::Reduced,
+            "paused" => Level::Paused,
             _ => Level::Unknown,
         }
     }
@@ -88,18 +89,16 @@ impl History {
 
     /// Takes a sample from the health message `health` published at unix time `now`.
     /// Returns whether the history message is due.
-    pub fn record(&mut self, now: u64, health: &Value) -> bool {
-        let f32_at = |v: &Value| v.as_f64().filter(|x| x.is_finite()).map(|x| x as f32);
+    pub fn record(&mut self, now: u64, health: &Health) -> bool {
+        let f32_of = |v: Option<f64>| v.filter(|x| x.is_finite()).map(|x| x as f32);
         let counters = Counters {
             t: now,
-            replication_bytes: match (
-                health["replication"]["pulled_bytes"].as_u64(),
-                health["replication"]["served_bytes"].as_u64(),
-            ) {
-                (Some(a), Some(b)) => Some(a.saturating_add(b)),
-                _ => None,
-            },
-            egress_bytes: health["dataplane"]["egress_bytes"].as_u64(),
+            replication_bytes: health
+                .replication
+                .stats
+                .as_ref()
+                .map(|r| r.pulled_bytes.saturating_add(r.served_bytes)),
+            egress_bytes: health.dataplane.as_ref().map(|d| d.egress_bytes),
         };
         // A rate needs an earlier sample, time between them and a counter that did not go
         // back (it does when the agent restarts; the ring does not survive that either).
@@ -111,9 +110,9 @@ impl History {
             };
         let sample = Sample {
             t: now,
-            cpu_temp_c: f32_at(&health["cpu_temp_c"]),
-            battery_percent: f32_at(&health["battery_percent"]),
-            level: Level::of(health["level"].as_str()),
+            cpu_temp_c: f32_of(health.cpu_temp_c),
+            battery_percent: f32_of(health.battery_percent),
+            level: Level::of(&health.level),
             replication_bps: rate(counters.replication_bytes, self.last, |c| {
                 c.replication_bytes
             }),
@@ -157,12 +156,25 @@ impl History {
 mod tests {
     use super::*;
 
-    fn health(temp: Option<f64>, level: &str, pulled: u64, served: u64, egress: u64) -> Value {
-        json!({
-            "cpu_temp_c": temp, "battery_percent": null, "level": level,
-            "replication": {"pulled_bytes": pulled, "served_bytes": served},
-            "dataplane": {"egress_bytes": egress},
-        })
+    fn health(temp: Option<f64>, level: &str, pulled: u64, served: u64, egress: u64) -> Health {
+        use crate::mqtt::health::{Dataplane, Replication, ReplicationStats};
+        Health {
+            cpu_temp_c: temp,
+            level: level.into(),
+            replication: Replication {
+                stats: Some(ReplicationStats {
+                    pulled_bytes: pulled,
+                    served_bytes: served,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            dataplane: Some(Dataplane {
+                egress_bytes: egress,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -200,9 +212,8 @@ mod tests {
         assert_eq!(due.len(), (SAMPLES + 25).div_ceil(PUBLISH_EVERY as usize));
     }
 
-    /// A restarted counter, a clock that went back, or figures that are not numbers
-    /// (a health message is ours, but the history is built defensively) give no rate and
-    /// no nonsense, never a panic.
+    /// A restarted counter, a clock that went back, a missing subsystem or a figure that
+    /// is not a number give no rate and no nonsense, never a panic.
     #[test]
     fn odd_figures_give_no_rate_rather_than_a_wrong_one() {
         let mut h = History::new();
@@ -210,9 +221,14 @@ mod tests {
         h.record(130, &health(Some(40.0), "full", 10, 0, 10)); // restarted counters
         h.record(130, &health(Some(40.0), "full", 20, 0, 20)); // no time passed
         h.record(90, &health(Some(40.0), "full", 30, 0, 30)); // clock went back
+        // No replicator (factor 1), no data plane, a figure that is not a number.
         h.record(
             120,
-            &json!({"cpu_temp_c": "hot", "level": 3, "replication": 1}),
+            &Health {
+                cpu_temp_c: Some(f64::NAN),
+                level: "hot".into(),
+                ..Default::default()
+            },
         );
         let m = h.message("n", 30);
         assert_eq!(m["replication_bps"], json!([null, null, null, null, null]));
@@ -229,11 +245,8 @@ mod tests {
         for i in 0..SAMPLES as u64 {
             // Counters that grow by ~9e16 bytes a second: 17-digit rates.
             let big = (u64::MAX / 200) * i;
-            let v = json!({
-                "cpu_temp_c": -123.4, "battery_percent": 100.0, "level": "reduced",
-                "replication": {"pulled_bytes": big, "served_bytes": 0},
-                "dataplane": {"egress_bytes": big},
-            });
+            let mut v = health(Some(-123.4), "reduced", big, 0, big);
+            v.battery_percent = Some(100.0);
             h.record(u64::from(u32::MAX) * 1000 + i, &v);
         }
         let bytes = serde_json::to_vec(&h.message(&"f".repeat(64), 30)).unwrap();

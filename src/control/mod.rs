@@ -152,7 +152,7 @@ impl Controller {
 
     /// Records `health` (just published) in the history; returns the history message
     /// when one is due (crate::history::PUBLISH_EVERY).
-    pub fn record_history(&self, health: &Value) -> Option<Vec<u8>> {
+    pub fn record_history(&self, health: &health::Health) -> Option<Vec<u8>> {
         let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         h.record(unix_now(), health).then(|| self.history_bytes(&h))
     }
@@ -172,13 +172,14 @@ impl Controller {
         serde_json::to_vec(&m).expect("history serializes")
     }
 
-    /// The health payload to publish now (and the message it was made from), remembered
+    /// The health payload to publish now (and the health it was made from), remembered
     /// so that our own echo is told apart from a forged message on our topic.
-    pub fn health_payload(&self) -> (Value, Vec<u8>) {
-        let mut health = self.health().to_value();
+    pub fn health_payload(&self) -> (health::Health, Vec<u8>) {
+        let health = self.health();
+        let mut signed = health.to_value();
         let cert = Some(self.cfg.fleet.cert.as_str()).filter(|c| !c.is_empty());
-        crate::fleet::sign_health(&self.identity, cert, &mut health);
-        let bytes = serde_json::to_vec(&health).expect("health serializes");
+        crate::fleet::sign_health(&self.identity, cert, &mut signed);
+        let bytes = serde_json::to_vec(&signed).expect("health serializes");
         let mut recent = self.recent_health.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == 8 {
             recent.pop_front();
@@ -187,13 +188,12 @@ impl Controller {
         (health, bytes)
     }
 
-    /// The membership record (`<prefix>/nodes/<id>/member`): the part of the health that
+    /// The membership record (`<prefix>/nodes/<id>/member`): the part of health `h` that
     /// placement reads, signed the same way. `None` when nothing placement depends on
     /// changed since the last one (unless `force`): free space changes with every write,
     /// but only crossing "room for one more chunk" matters, so an idle or busy fleet
     /// publishes these only when a node fills up, drains, pauses or upgrades.
-    pub fn member_payload(&self, force: bool) -> Option<Vec<u8>> {
-        let h = self.health();
+    pub fn member_payload(&self, h: &health::Health, force: bool) -> Option<Vec<u8>> {
         let free = h.disk.free_bytes;
         let room = free.is_none_or(|f| f >= self.cfg.storage.chunk_size.0);
         let key = (
