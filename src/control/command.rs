@@ -474,6 +474,19 @@ mod tests {
         }
     }
 
+    /// VERBS (what config and `control.allowed_verbs` are checked against) and Wire
+    /// (what is parsed) name the same verbs.
+    #[test]
+    fn every_listed_verb_is_a_variant() {
+        for v in VERBS {
+            if let Err(e) = parse_verb(v, &Map::new()) {
+                assert!(!e.contains("unknown variant"), "{v}: {e}");
+            }
+        }
+        let e = parse_verb("reboot", &Map::new()).unwrap_err();
+        assert!(e.contains("unknown variant"), "{e}");
+    }
+
     #[test]
     fn screening() {
         let mut i = inbox();
