@@ -39,15 +39,25 @@ case ${1:-} in
   *) die "unknown option ${1}; usage: scripts/system-test.sh [--quick | --raspi]" ;;
 esac
 
-need=()
-for c in qemu-system-aarch64:qemu-system-arm qemu-img:qemu-utils debootstrap:debootstrap cpio:cpio mke2fs:e2fsprogs \
-         mosquitto:mosquitto mosquitto_sub:mosquitto-clients; do
-  command -v "${c%%:*}" >/dev/null || need+=("${c##*:}")
-done
-if ((${#need[@]})); then
-  say "installing ${need[*]}"
+# The host tools, command:package. Installed in passes: installing one can remove
+# another (on a machine with a backported qemu-utils, Debian's qemu-system-arm replaces it
+# without installing its own, and qemu-img is gone), so the check runs again after each.
+tools=(qemu-system-aarch64:qemu-system-arm qemu-img:qemu-utils debootstrap:debootstrap cpio:cpio
+       mke2fs:e2fsprogs mosquitto:mosquitto mosquitto_sub:mosquitto-clients)
+missing_tools() {
+  need=()
+  for c in "${tools[@]}"; do
+    command -v "${c%%:*}" >/dev/null || need+=("${c##*:}")
+  done
+}
+for pass in 1 2 3; do
+  missing_tools
+  ((${#need[@]})) || break
+  say "installing ${need[*]} (pass $pass)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-fi
+done
+missing_tools
+((${#need[@]} == 0)) || die "still missing after installing: ${need[*]}"
 
 # Boots the emulated machine until it powers off or `timeout` seconds pass.
 #   boot LOG TIMEOUT INIT EXTRA_QEMU_ARGS...

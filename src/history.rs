@@ -2,9 +2,10 @@
 //! from the health messages the node publishes, served as one retained, compact message
 //! (`<prefix>/nodes/<id>/history`, docs/mqtt.md).
 //!
-//! Pure: it is told the time and the health message (typed, as built), keeps no clock and does no I/O. The
-//! ring is a `heapless::HistoryBuf`, so its memory is fixed (about 4 KiB) whatever the
-//! uptime, and a sample costs no allocation on a board that publishes health for years.
+//! Pure: it is told the time and the health message (typed, as built), keeps no clock
+//! and does no I/O. The ring is a `heapless::HistoryBuf`, so its memory is fixed (about
+//! 4 KiB) whatever the uptime, and a sample costs no allocation on a board that publishes
+//! health for years.
 
 use crate::mqtt::health::Health;
 use heapless::HistoryBuf;
