@@ -112,15 +112,17 @@ fn a_reflected_offer_is_dropped_and_never_answered() {
     );
 }
 
-/// A forged retained "offline" (or health) on a running node's own topics used to stand
-/// until someone cleared it; the node now puts its own value back at once.
+/// A forged retained "offline" (or health, or membership record) on a running node's own
+/// topics used to stand until someone cleared it; the node now puts its own value back at
+/// once.
 #[test]
 fn a_forged_status_or_health_is_corrected_at_once() {
     let m = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let id = node_id(dir.path());
     let (status, health) = (topic(&id, "status"), topic(&id, "health"));
-    let mut p = Probe::connect(m.port, &[&status, &health]);
+    let member = topic(&id, "member");
+    let mut p = Probe::connect(m.port, &[&status, &health, &member]);
     let _agent = start_agent(&m.url(), dir.path(), &fixture("pi4-mains"), &[]);
     p.wait("online", T, |x| x.topic == status && x.text() == "online");
     p.publish(&status, "offline", true);
@@ -135,13 +137,25 @@ fn a_forged_status_or_health_is_corrected_at_once() {
     p.wait_new("the node's own health back", T, |x| {
         x.topic == health && x.json()["node_id"] == id.as_str()
     });
+    // Placement reads the membership record: a forged "draining" would empty the node.
+    p.publish(
+        &member,
+        format!(r#"{{"node_id":"{id}","draining":true,"disk":{{"free_bytes":0}}}}"#),
+        true,
+    );
+    p.wait_new("the node's own membership record back", T, |x| {
+        x.topic == member && x.json()["draining"] == false && x.json()["auth"]["sig"].is_string()
+    });
     // What a late subscriber (a peer starting now) sees is the node's, not the forgery.
-    let mut late = Probe::connect(m.port, &[&status, &health]);
+    let mut late = Probe::connect(m.port, &[&status, &health, &member]);
     late.wait("retained online", T, |x| {
         x.topic == status && x.text() == "online"
     });
     late.wait("retained health", T, |x| {
         x.topic == health && x.json()["node_id"] == id.as_str()
+    });
+    late.wait("retained membership record", T, |x| {
+        x.topic == member && x.json()["draining"] == false
     });
 }
 
