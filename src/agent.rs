@@ -301,7 +301,8 @@ async fn run_async(loaded: LoadedConfig) -> anyhow::Result<()> {
                     && !controller.published_member(&p.payload)
                 {
                     warn!("someone else published on our member topic; publishing ours again");
-                    publish_member(&client, &topics, &controller, &controller.health(), true);
+                    controller.forget_member();
+                    publish_member(&client, &topics, &controller, &controller.health());
                 } else if let Some(id) = topics.node_of(&p.topic, "status") {
                     let changed = {
                         let mut m = membership.lock().unwrap_or_else(|e| e.into_inner());
@@ -526,7 +527,7 @@ fn publish_health(client: &AsyncClient, topics: &Topics, controller: &Controller
     {
         debug!("MQTT queue full; health dropped (the next one replaces it)");
     }
-    publish_member(client, topics, controller, &health, false);
+    publish_member(client, topics, controller, &health);
     health
 }
 
@@ -540,15 +541,10 @@ fn publish_history(client: &AsyncClient, topics: &Topics, history: Vec<u8>) {
     }
 }
 
-/// Publishes the membership record if placement would see a change (or `force`).
-fn publish_member(
-    client: &AsyncClient,
-    topics: &Topics,
-    controller: &Controller,
-    health: &Health,
-    force: bool,
-) {
-    let Some(record) = controller.member_payload(health, force) else {
+/// Publishes the membership record if placement would see a change since the last one
+/// (`Controller::forget_member` makes the next one go out regardless).
+fn publish_member(client: &AsyncClient, topics: &Topics, controller: &Controller, health: &Health) {
+    let Some(record) = controller.member_payload(health) else {
         return;
     };
     if client

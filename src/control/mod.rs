@@ -190,10 +190,10 @@ impl Controller {
 
     /// The membership record (`<prefix>/nodes/<id>/member`): the part of health `h` that
     /// placement reads, signed the same way. `None` when nothing placement depends on
-    /// changed since the last one (unless `force`): free space changes with every write,
-    /// but only crossing "room for one more chunk" matters, so an idle or busy fleet
-    /// publishes these only when a node fills up, drains, pauses or upgrades.
-    pub fn member_payload(&self, h: &health::Health, force: bool) -> Option<Vec<u8>> {
+    /// changed since the last one (or since [`Self::forget_member`]): free space changes
+    /// with every write, but only crossing "room for one more chunk" matters, so an idle
+    /// or busy fleet publishes these only when a node fills up, drains, pauses or upgrades.
+    pub fn member_payload(&self, h: &health::Health) -> Option<Vec<u8>> {
         let free = h.disk.free_bytes;
         let room = free.is_none_or(|f| f >= self.cfg.storage.chunk_size.0);
         let key = (
@@ -203,7 +203,7 @@ impl Controller {
             h.replication.paused_by.clone(),
         );
         let mut last = self.last_member.lock().unwrap_or_else(|p| p.into_inner());
-        if !force && last.0.as_ref() == Some(&key) {
+        if last.0.as_ref() == Some(&key) {
             return None;
         }
         let mut record = serde_json::json!({
